@@ -1,0 +1,3 @@
+"""decom: retire legacy electronic document management systems safely and provably."""
+
+__version__ = "0.1.0"
