@@ -1,0 +1,235 @@
+"""Generic SQL adapter: one query per canonical entity plus a content rule, read from a mapping file.
+
+This is how a user retires a system nobody wrote an adapter for; docs/generic-sql-adapter.md
+describes the mapping format with a worked example.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+from decom.adapter import Capability, SourceConfig
+from decom.coerce import CoercionError, to_arrow
+from decom.errors import UserError
+from decom.model import ENTITIES
+
+_AGGREGATES = {"sum", "max", "min", "count"}
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may appear in reports and logs: password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable database URL>"
+
+
+def create_source_engine(url: str) -> Engine:
+    """An engine for a legacy database, with driver problems turned into one clear line."""
+    try:
+        engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+    except NoSuchModuleError as exc:
+        raise UserError(f"database URL {redact_url(url)}: no SQLAlchemy dialect for it ({exc})") from None
+    except ArgumentError as exc:
+        raise UserError(f"database URL {redact_url(url)} is not valid: {exc}") from None
+    except ModuleNotFoundError as exc:
+        raise UserError(
+            f"database URL {redact_url(url)}: driver {exc.name!r} is not installed "
+            "(install decom with the matching extra, e.g. decom[postgres] or decom[mysql])"
+        ) from None
+    return engine
+
+
+class ContentRule:
+    """How a content_ref (or signature_ref) becomes bytes: a file under the content root, or a blob query."""
+
+    def __init__(self, table: Mapping[str, Any], where: str, content_root: Path | None) -> None:
+        self.kind = table.get("kind", "path")
+        self.where = where
+        self.content_root = content_root
+        self.query = table.get("query")
+        if self.kind not in {"path", "blob"}:
+            raise UserError(f"{where}: kind must be 'path' or 'blob', not {self.kind!r}")
+        if self.kind == "blob" and not self.query:
+            raise UserError(f"{where}: kind = 'blob' needs a query with a :content_ref parameter")
+
+    def path_of(self, ref: str) -> Path:
+        if self.content_root is None:
+            raise UserError(f"{self.where}: content is stored as files but the plan gives no source.content_root")
+        relative = PurePosixPath(ref.replace("\\", "/"))
+        if relative.is_absolute() or ".." in relative.parts:
+            raise UserError(f"{self.where}: content path {ref!r} escapes the content root")
+        return self.content_root.joinpath(*relative.parts)
+
+    def open(self, engine: Engine, ref: str) -> BinaryIO:
+        if self.kind == "path":
+            return self.path_of(ref).open("rb")
+        with engine.connect() as conn:
+            row = conn.execute(sa.text(self.query), {"content_ref": ref}).first()
+        if row is None or row[0] is None:
+            raise FileNotFoundError(f"no blob for content_ref {ref!r}")
+        return io.BytesIO(bytes(row[0]))
+
+
+class SqlGenericAdapter:
+    """A legacy EDM read through SQL queries that alias its columns to canonical names."""
+
+    name = "sql_generic"
+
+    def __init__(self, config: SourceConfig, mapping_path: Path | None = None) -> None:
+        self.config = config
+        path = mapping_path or self._mapping_from_options(config)
+        self.mapping_path = path
+        self.mapping = self._load_mapping(path)
+        adapter_table = self.mapping.get("adapter", {})
+        try:
+            self.capabilities = frozenset(Capability(c) for c in adapter_table.get("capabilities", []))
+        except ValueError as exc:
+            raise UserError(f"{path}: [adapter] capabilities: {exc}") from None
+        self.description = str(adapter_table.get("description", "SQL source"))
+        self.queries: dict[str, str] = {}
+        for entity, table in self.mapping.get("entities", {}).items():
+            if entity not in ENTITIES:
+                raise UserError(f"{path}: [entities.{entity}] is not a canonical entity "
+                                f"(known: {', '.join(ENTITIES)})")
+            if not isinstance(table, dict) or not isinstance(table.get("query"), str):
+                raise UserError(f"{path}: [entities.{entity}] needs query = \"SELECT ...\"")
+            self.queries[entity] = table["query"].strip().rstrip(";")
+        self.content = ContentRule(self.mapping.get("content", {"kind": "path"}), f"{path}: [content]",
+                                   config.content_root)
+        self.signature_content = ContentRule(self.mapping.get("signature_content", {"kind": "path"}),
+                                             f"{path}: [signature_content]", config.content_root)
+        self.engine = create_source_engine(config.url)
+
+    @staticmethod
+    def _mapping_from_options(config: SourceConfig) -> Path:
+        mapping = config.options.get("mapping")
+        if not mapping:
+            raise UserError("source: the sql_generic adapter needs source.mapping (a mapping TOML file)")
+        path = Path(str(mapping))
+        return path if path.is_absolute() else config.plan_dir / path
+
+    @staticmethod
+    def _load_mapping(path: Path) -> dict[str, Any]:
+        try:
+            with path.open("rb") as handle:
+                return tomllib.load(handle)
+        except FileNotFoundError:
+            raise UserError(f"mapping file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"mapping file {path}: {exc}") from None
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def describe(self) -> str:
+        where = redact_url(self.config.url)
+        root = f", content under {self.config.content_root}" if self.config.content_root else ""
+        return f"{self.description} ({self.name} adapter, {where}{root})"
+
+    def entities(self) -> tuple[str, ...]:
+        return tuple(e for e in ENTITIES if e in self.queries)
+
+    def _query(self, entity: str) -> str:
+        if entity not in self.queries:
+            raise UserError(f"{self.mapping_path}: no [entities.{entity}] query in the mapping")
+        return self.queries[entity]
+
+    def _execute_scalar(self, sql: str, entity: str) -> Any:
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(sa.text(sql)).scalar()
+        except SQLAlchemyError as exc:
+            raise self._sql_error(entity, exc) from None
+
+    def _sql_error(self, entity: str, exc: SQLAlchemyError) -> UserError:
+        detail = str(getattr(exc, "orig", exc)).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, sa.exc.OperationalError) and "connect" in detail.lower():
+            return UserError(f"cannot reach the source database {redact_url(self.config.url)}: {detail}")
+        return UserError(f"{self.mapping_path}: [entities.{entity}] query failed on "
+                         f"{redact_url(self.config.url)}: {detail}")
+
+    def count(self, entity: str) -> int:
+        return int(self._execute_scalar(f"SELECT COUNT(*) FROM ({self._query(entity)}) q", entity) or 0)
+
+    def aggregate(self, entity: str, column: str, func: str) -> Any:
+        if func not in _AGGREGATES or column not in ENTITIES[entity].columns:
+            raise ValueError(f"unsupported aggregate {func}({column}) on {entity}")
+        return self._execute_scalar(f"SELECT {func.upper()}(q.{column}) FROM ({self._query(entity)}) q", entity)
+
+    def read(self, entity: str, batch_rows: int = 10_000) -> Iterator[pa.RecordBatch]:
+        spec = ENTITIES[entity]
+        order = ", ".join(f"q.{k}" for k in spec.key)
+        sql = f"SELECT * FROM ({self._query(entity)}) q ORDER BY {order}"
+        try:
+            with self.engine.connect().execution_options(stream_results=True) as conn:
+                result = conn.execute(sa.text(sql))
+                columns = [c.lower() for c in result.keys()]
+                self._check_columns(entity, columns)
+                while rows := result.fetchmany(batch_rows):
+                    yield self._batch(entity, columns, rows)
+        except SQLAlchemyError as exc:
+            raise self._sql_error(entity, exc) from None
+
+    def _check_columns(self, entity: str, columns: list[str]) -> None:
+        spec = ENTITIES[entity]
+        unknown = [c for c in columns if c not in spec.columns]
+        if unknown:
+            raise UserError(f"{self.mapping_path}: [entities.{entity}] returns non-canonical column(s) "
+                            f"{', '.join(unknown)} (canonical: {', '.join(spec.columns)})")
+        missing = [c for c in spec.required if c not in columns]
+        if missing:
+            raise UserError(f"{self.mapping_path}: [entities.{entity}] must return {', '.join(missing)}")
+
+    def _batch(self, entity: str, columns: list[str], rows: list[Any]) -> pa.RecordBatch:
+        spec = ENTITIES[entity]
+        by_name = dict(zip(columns, zip(*rows, strict=True), strict=True))
+        arrays = []
+        for field in spec.schema:
+            values = by_name.get(field.name, (None,) * len(rows))
+            try:
+                arrays.append(to_arrow(values, field.type))
+            except CoercionError as exc:
+                raise UserError(f"{self.mapping_path}: [entities.{entity}] column {field.name}: {exc}") from None
+        return pa.RecordBatch.from_arrays(arrays, schema=spec.schema)
+
+    # --- content -----------------------------------------------------------------------------
+
+    def open_content(self, version: Mapping[str, Any]) -> BinaryIO:
+        ref = version.get("content_ref")
+        if not ref:
+            raise FileNotFoundError(f"version {version.get('version_id')} has no content_ref")
+        return self.content.open(self.engine, str(ref))
+
+    def open_signature(self, signature: Mapping[str, Any]) -> BinaryIO:
+        ref = signature.get("signature_ref")
+        if not ref:
+            raise FileNotFoundError(f"signature {signature.get('signature_id')} has no signature_ref")
+        return self.signature_content.open(self.engine, str(ref))
+
+    def content_files(self) -> Iterator[tuple[str, int]]:
+        root = self.config.content_root
+        if root is None or self.content.kind != "path":
+            return
+        if not root.is_dir():
+            raise UserError(f"content root {root} is not a folder")
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for filename in sorted(filenames):
+                full = Path(dirpath) / filename
+                yield full.relative_to(root).as_posix(), full.stat().st_size
+
+    def content_ref_of_file(self, relative_path: str) -> str | None:
+        return relative_path if self.content.kind == "path" else None
+
+    def close(self) -> None:
+        self.engine.dispose()
