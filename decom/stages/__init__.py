@@ -1,0 +1,13 @@
+"""The six stages of a decommission, one module each, in the order a plan runs them.
+
+inventory, access_audit, backup, handover, shutdown, final_checks. REGISTRY lists the ones
+this version implements; the others are known to the plan schema and reported "not available yet".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from decom.stages import inventory
+
+REGISTRY: dict[str, Any] = {"inventory": inventory}
