@@ -1,0 +1,1 @@
+"""Renderers of the dry-run report (`decom plan`)."""
