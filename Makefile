@@ -1,0 +1,51 @@
+# decom — the two commands a new user runs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DECOM := $(VENV)/bin/decom
+DEMO_DIR ?= demo-data
+PYTEST_ARGS ?=
+
+.PHONY: help install services demo demo-data test lint bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "decom needs Python >= 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[postgres,mysql,dev]'
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install decom with its test tools
+
+services: ## install and start what the tests talk to (PostgreSQL, MariaDB)
+	bash scripts/services.sh
+
+demo-data: install
+	@if [ ! -f $(DEMO_DIR)/legacy.sqlite ]; then \
+	  $(DECOM) demo build --out $(DEMO_DIR) --documents 2000; \
+	else echo "demo EDM already in $(DEMO_DIR)/ (make clean to rebuild)"; fi
+
+demo: demo-data ## build the demo legacy EDM and run plans/demo.toml end to end
+	$(DECOM) validate plans/demo.toml
+	$(DECOM) plan plans/demo.toml
+	$(DECOM) run plans/demo.toml
+	$(DECOM) status plans/demo.toml
+	@echo; echo "Dry-run report: plans/demo.state/reports/plan-report.md"; \
+	 echo "Inventory:      plans/demo.state/stages/inventory/summary.json"
+
+test: install services ## install, start the services, run the whole suite
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: install ## ruff and mypy
+	$(VENV)/bin/ruff check decom adapters tests
+	$(VENV)/bin/mypy decom
+
+bench: install services ## benchmarks (by hand; not part of make test)
+	$(PY) -m benchmarks
+
+clean: ## remove the venv, demo data and demo state
+	rm -rf $(VENV) $(DEMO_DIR) plans/*.state .pytest_cache
