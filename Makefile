@@ -7,7 +7,7 @@ DECOM := $(VENV)/bin/decom
 DEMO_DIR ?= demo-data
 PYTEST_ARGS ?=
 
-.PHONY: help install services demo demo-data test lint bench clean
+.PHONY: help install services demo demo-data test lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -42,10 +42,7 @@ test: install services ## install, start the services, run the whole suite
 
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check decom adapters tests
-	$(VENV)/bin/mypy decom
-
-bench: install services ## benchmarks (by hand; not part of make test)
-	$(PY) -m benchmarks
+	$(VENV)/bin/mypy --strict decom
 
 clean: ## remove the venv, demo data and demo state
 	rm -rf $(VENV) $(DEMO_DIR) plans/*.state .pytest_cache

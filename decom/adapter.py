@@ -20,7 +20,7 @@ from decom.errors import UserError
 ENTRY_POINT_GROUP = "decom.adapters"
 
 
-class Capability(str, enum.Enum):
+class Capability(enum.StrEnum):
     """What an adapter can do beyond reading. Stages check these instead of the adapter's name."""
 
     CONTENT_FILES = "content_files"      # bytes live as files under a content root

@@ -24,7 +24,6 @@ from decom.checkpoint import CheckpointStore
 from decom.errors import UserError
 from decom.journal import operator_name
 
-
 SERVER_LOCK_DIALECTS = {"postgresql", "mysql", "mariadb"}
 
 
@@ -73,6 +72,7 @@ class RunLock:
 
     def _lock_server(self) -> None:
         digest = hashlib.sha256(f"decom:{self.plan_name}".encode()).digest()
+        key: int | str
         if self.store.dialect == "postgresql":
             sql, key = "SELECT pg_try_advisory_lock(:key)", int.from_bytes(digest[:8], "big", signed=True)
         else:

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import write_plan
+
 from decom.cli import run_cli
 
 COMMANDS = [[], ["validate"], ["plan"], ["run"], ["status"], ["demo"], ["demo", "build"], ["adapters"]]

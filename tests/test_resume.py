@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import decom_cmd, write_plan
+
 from decom import api
 from decom.journal import Journal
 
@@ -177,10 +177,12 @@ def test_changed_plan_refuses_to_resume_until_accepted_and_the_acceptance_is_jou
     assert events.count("plan_change_accepted") == 1
 
 
-def test_postgres_checkpoint_store_locks_across_state_folders(small_demo, pg_url: str, tmp_path: Path) -> None:
-    """A team shares one PostgreSQL checkpoint store: a run from another folder must see the lock."""
+@pytest.mark.parametrize("server", ["pg_url", "mariadb_url"])
+def test_a_shared_checkpoint_store_locks_across_state_folders(small_demo, server: str, tmp_path: Path,
+                                                              request: pytest.FixtureRequest) -> None:
+    """A team shares one server checkpoint store: a run from another folder or machine must see the lock."""
     url, content, _ = small_demo
-    plan = write_plan(tmp_path, url, content, state_url=pg_url)
+    plan = write_plan(tmp_path, url, content, state_url=request.getfixturevalue(server))
     pause_file = tmp_path / "paused"
     first = subprocess.Popen([*decom_cmd(), "--quiet", "run", str(plan), "--state", str(tmp_path / "a")],
                              env={**os.environ, "DECOM_TEST_CRASHPOINT": "export:users@start:pause",

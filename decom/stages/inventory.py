@@ -151,7 +151,8 @@ def _signatures(ctx: StageContext) -> dict[str, Any]:
     path = ctx.stage_dir / "signature_check.parquet"
     write_table(path, pa.Table.from_pylist(rows, schema=schema), lambda: ctx.crashpoint("inside"))
     mismatched = [r["signature_id"] for r in rows if r["status"] == "mismatch"]
-    return {"file": str(path.relative_to(ctx.state_dir)), "signatures": len(rows), "mismatched": len(mismatched), "mismatched_ids": mismatched[:100]}
+    return {"file": str(path.relative_to(ctx.state_dir)), "signatures": len(rows),
+            "mismatched": len(mismatched), "mismatched_ids": mismatched[:100]}
 
 
 def _posix(ref: str) -> str:
@@ -172,7 +173,8 @@ def _orphans(ctx: StageContext) -> dict[str, Any]:
     schema = pa.schema([("path", pa.string()), ("size", pa.int64())])
     path = ctx.stage_dir / "orphans.parquet"
     write_table(path, pa.Table.from_pylist(orphans, schema=schema), lambda: ctx.crashpoint("inside"))
-    return {"file": str(path.relative_to(ctx.state_dir)), "orphans": len(orphans), "orphan_bytes": sum(o["size"] for o in orphans),
+    return {"file": str(path.relative_to(ctx.state_dir)), "orphans": len(orphans),
+            "orphan_bytes": sum(o["size"] for o in orphans),
             "paths": [o["path"] for o in orphans[:100]]}
 
 
