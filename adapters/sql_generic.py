@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
@@ -19,6 +20,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from decom.adapter import Capability, SourceConfig
+from decom.arrow_sql import AdbcError, adbc_uri, conform, read_adbc
 from decom.coerce import CoercionError, to_arrow
 from decom.errors import UserError
 from decom.model import ENTITIES
@@ -155,7 +157,8 @@ class SqlGenericAdapter:
         detail = str(getattr(exc, "orig", exc)).splitlines()[0] if str(exc) else type(exc).__name__
         if isinstance(exc, sa.exc.OperationalError) and "connect" in detail.lower():
             return UserError(f"cannot reach the source database {redact_url(self.config.url)}: {detail}")
-        return UserError(f"{self.mapping_path}: [entities.{entity}] query failed on "
+        where = entity if entity.startswith("actions.") else f"entities.{entity}"
+        return UserError(f"{self.mapping_path}: [{where}] query failed on "
                          f"{redact_url(self.config.url)}: {detail}")
 
     def count(self, entity: str) -> int:
@@ -170,6 +173,10 @@ class SqlGenericAdapter:
         spec = ENTITIES[entity]
         order = ", ".join(f"q.{k}" for k in spec.key)
         sql = f"SELECT * FROM ({self._query(entity)}) q ORDER BY {order}"
+        uri = adbc_uri(self.engine.url)
+        if uri is not None:
+            yield from self._read_arrow(entity, uri, sql, max(batch_rows, 65_536))
+            return
         try:
             with self.engine.connect().execution_options(stream_results=True) as conn:
                 result = conn.execute(sa.text(sql))
@@ -179,6 +186,23 @@ class SqlGenericAdapter:
                     yield self._batch(entity, columns, rows)
         except SQLAlchemyError as exc:
             raise self._sql_error(entity, exc) from None
+
+    def _read_arrow(self, entity: str, uri: str, sql: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        schema = ENTITIES[entity].schema
+        try:
+            columns, batches = read_adbc(uri, sql, batch_rows)
+            self._check_columns(entity, columns)
+            for batch in batches:
+                try:
+                    yield conform(batch, schema)
+                except (CoercionError, pa.ArrowInvalid) as exc:
+                    raise UserError(f"{self.mapping_path}: [entities.{entity}]: {exc}") from None
+        except AdbcError as exc:
+            detail = str(exc)
+            if "connect" in detail.lower():
+                raise UserError(f"cannot reach the source database {redact_url(self.config.url)}: {detail}") from None
+            raise UserError(f"{self.mapping_path}: [entities.{entity}] query failed on "
+                            f"{redact_url(self.config.url)}: {detail}") from None
 
     def _check_columns(self, entity: str, columns: list[str]) -> None:
         spec = ENTITIES[entity]
@@ -230,6 +254,43 @@ class SqlGenericAdapter:
 
     def content_ref_of_file(self, relative_path: str) -> str | None:
         return relative_path if self.content.kind == "path" else None
+
+    # --- actions (lock-down, reassignment) ----------------------------------------------------
+
+    def actions(self) -> tuple[str, ...]:
+        return tuple(sorted(self.mapping.get("actions", {})))
+
+    def _action_sql(self, action: str, key: str) -> str:
+        table = self.mapping.get("actions", {}).get(action)
+        if not isinstance(table, dict) or not isinstance(table.get(key), str):
+            raise UserError(f"{self.mapping_path}: [actions.{action}] needs {key} = \"...\" for this step")
+        return str(table[key])
+
+    def _action_params(self, sql: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        # Pass only the parameters the statement names: drivers reject unused ones.
+        return {k: v for k, v in params.items() if re.search(rf":{re.escape(k)}\b", sql)}
+
+    def probe(self, action: str, params: Mapping[str, Any]) -> Any:
+        sql = self._action_sql(action, "probe")
+        try:
+            with self.engine.connect() as conn:
+                row = conn.execute(sa.text(sql), self._action_params(sql, params)).first()
+        except SQLAlchemyError as exc:
+            raise self._sql_error(f"actions.{action}", exc) from None
+        return None if row is None else row[0]
+
+    def _change(self, action: str, sql: str, params: Mapping[str, Any]) -> int:
+        try:
+            with self.engine.begin() as conn:
+                return int(conn.execute(sa.text(sql), self._action_params(sql, params)).rowcount or 0)
+        except SQLAlchemyError as exc:
+            raise self._sql_error(f"actions.{action}", exc) from None
+
+    def perform(self, action: str, params: Mapping[str, Any]) -> int:
+        return self._change(action, self._action_sql(action, "sql"), params)
+
+    def restore(self, action: str, params: Mapping[str, Any], before: Any) -> int:
+        return self._change(action, self._action_sql(action, "restore"), {**params, "before": before})
 
     def close(self) -> None:
         self.engine.dispose()

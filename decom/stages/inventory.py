@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from decom.engine import StageContext, StagePlan, Step
@@ -160,16 +161,19 @@ def _posix(ref: str) -> str:
 
 
 def _orphans(ctx: StageContext) -> dict[str, Any]:
-    referenced = {_posix(r) for r in _versions(ctx).column("content_ref").drop_null().to_pylist()}
+    # Membership is tested in Arrow: a Python set of millions of references would cost gigabytes.
+    refs = [pq.read_table(tables_dir(ctx) / "versions.parquet", columns=["content_ref"]).column("content_ref")]
     signatures = tables_dir(ctx) / "signatures.parquet"
     if signatures.exists():
-        referenced |= {_posix(r) for r in pq.read_table(signatures, columns=["signature_ref"])
-                       .column("signature_ref").drop_null().to_pylist()}
-    orphans = []
-    for relative, size in ctx.adapter.content_files():
-        ref = ctx.adapter.content_ref_of_file(relative)
-        if ref is not None and ref not in referenced:
-            orphans.append({"path": relative, "size": size})
+        refs.append(pq.read_table(signatures, columns=["signature_ref"]).column("signature_ref"))
+    referenced = pa.chunked_array([c for column in refs for c in column.chunks], type=pa.string())
+    referenced = pc.replace_substring(referenced.drop_null(), "\\", "/")
+    files = [(relative, size, ctx.adapter.content_ref_of_file(relative))
+             for relative, size in ctx.adapter.content_files()]
+    candidates = pa.array([_posix(ref) if ref is not None else None for _, _, ref in files], type=pa.string())
+    known = pc.is_in(candidates, value_set=referenced.combine_chunks()).to_pylist() if files else []
+    orphans = [{"path": relative, "size": size} for (relative, size, ref), hit in zip(files, known, strict=True)
+               if ref is not None and not hit]
     schema = pa.schema([("path", pa.string()), ("size", pa.int64())])
     path = ctx.stage_dir / "orphans.parquet"
     write_table(path, pa.Table.from_pylist(orphans, schema=schema), lambda: ctx.crashpoint("inside"))

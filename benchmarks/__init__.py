@@ -1,0 +1,1 @@
+"""Benchmarks, run by hand (`make bench`) and never part of `make test`."""
