@@ -78,6 +78,18 @@ class LegacyAdapter(Protocol):
     def content_ref_of_file(self, relative_path: str) -> str | None:
         """The content_ref a file under the content root would have, or None if it is not content."""
 
+    def actions(self) -> tuple[str, ...]:
+        """Names of the changes this adapter can make (disable_user, revoke_write, reassign_case...)."""
+
+    def probe(self, action: str, params: Mapping[str, Any]) -> Any:
+        """The current state an action would change, for one target (None when there is no such row)."""
+
+    def perform(self, action: str, params: Mapping[str, Any]) -> int:
+        """Make the change for one target in its own transaction; returns rows changed (0: already so)."""
+
+    def restore(self, action: str, params: Mapping[str, Any], before: Any) -> int:
+        """Put back the state `probe` saw before the change (used by `decom undo`)."""
+
     def close(self) -> None:
         """Release connections."""
 

@@ -211,6 +211,13 @@ class CheckpointStore:
                 steps_table.c.plan_name == plan_name, steps_table.c.stage == stage,
                 steps_table.c.step_id == step_id).values(status="failed", error=error, finished_at=now()))
 
+    def mark_step(self, plan_name: str, stage: str, step_id: str, status: str) -> None:
+        """Set a step's status (e.g. `undone`): a step not `done` is run again by the next run."""
+        with self.engine.begin() as conn:
+            conn.execute(steps_table.update().where(
+                steps_table.c.plan_name == plan_name, steps_table.c.stage == stage,
+                steps_table.c.step_id == step_id).values(status=status, finished_at=now()))
+
     def steps(self, plan_name: str, stage: str | None = None) -> list[StepRecord]:
         query = sa.select(steps_table).where(steps_table.c.plan_name == plan_name)
         if stage is not None:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from decom.adapter import LegacyAdapter, open_adapter
 from decom.checkpoint import CheckpointStore
 from decom.errors import IncompleteError, UserError
+from decom.findings import Finding
 from decom.journal import Journal, operator_name
 from decom.plan import AVAILABLE_STAGE_KINDS, LoadedPlan
 from decom.progress import Progress
@@ -55,6 +56,9 @@ class StagePlan:
     blockers: list[str] = field(default_factory=list)
     risks: list[str] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    # Charts for the report: title -> {label: value}, e.g. {"documents per year": {"2019": 156, ...}}
+    charts: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class StageModule(Protocol):
@@ -97,6 +101,13 @@ class StageContext:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
     current_step: str = ""
+    journal: Journal | None = None
+    run_id: str = ""
+
+    def record(self, event: str, **details: Any) -> None:
+        """Journal an action of the current step (a dry run has no journal and records nothing)."""
+        if self.journal is not None:
+            self.journal.append(event, run_id=self.run_id, stage=self.stage_name, step=self.current_step, **details)
 
     @property
     def stage_dir(self) -> Path:
@@ -192,7 +203,8 @@ class Runner:
         return done
 
     def run_stage(self, spec: Any, module: StageModule) -> None:
-        ctx = StageContext(self.plan, spec.name, spec, self.state_dir, self.progress)
+        ctx = StageContext(self.plan, spec.name, spec, self.state_dir, self.progress, journal=self.journal,
+                           run_id=self.run_id)
         self.store.set_stage(self.name, spec.name, "running")
         self.journal.append("stage_started", run_id=self.run_id, stage=spec.name, kind=spec.kind)
         try:
