@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the servers the tests use are installed and answering; install (apt-get) and start
 # what is missing. Exits non-zero naming the service that could not be made available: tests never
-# skip for a missing service.
+# skip for a missing service. slapd (OpenLDAP) is only installed: each LDAP test starts its own
+# throw-away server (tests/ldap_server.py), so the system instance is never configured or started.
 set -uo pipefail
 
 log() { printf 'services: %s\n' "$*"; }
@@ -9,7 +10,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi; }
 apt_updated=0
 apt_install() {
   if [ $apt_updated = 0 ]; then as_root apt-get update -qq >/dev/null && apt_updated=1; fi
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq -o DPkg::Lock::Timeout=600 "$@" >/dev/null
 }
 wait_for() {  # wait_for NAME SECONDS CMD...
   local name=$1 seconds=$2; shift 2
@@ -51,7 +52,23 @@ ensure_mariadb() {
   wait_for MariaDB 10 maria_ok && log "MariaDB started"
 }
 
+ensure_slapd() {
+  if [ -x /usr/sbin/slapd ] && command -v ldapsearch >/dev/null; then log "slapd is installed"; return 0; fi
+  log "installing slapd and ldap-utils (unconfigured: the tests start their own servers)"
+  # Preseed so the package creates no directory instance of its own.
+  printf 'slapd slapd/no_configuration boolean true\n' | as_root debconf-set-selections || return 1
+  # And never start the system slapd: while installing, a policy-rc.d (unless one exists) denies starts.
+  local policy=/usr/sbin/policy-rc.d added=0 rc=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null && as_root chmod 755 "$policy" && added=1
+  fi
+  apt_install slapd ldap-utils || rc=1
+  if [ $added = 1 ]; then as_root rm -f "$policy"; fi
+  [ $rc = 0 ] && [ -x /usr/sbin/slapd ] && log "slapd installed"
+}
+
 status=0
 ensure_postgres || { log "FAILED: PostgreSQL is not available on 127.0.0.1:5432"; status=1; }
 ensure_mariadb || { log "FAILED: MariaDB is not available on 127.0.0.1:3306"; status=1; }
+ensure_slapd || { log "FAILED: slapd (OpenLDAP server, package slapd) could not be installed"; status=1; }
 exit $status

@@ -66,10 +66,23 @@ def mariadb_url() -> Iterator[str]:
         admin.dispose()
 
 
+# The access audit as the demo needs it: the generator's dormant rule (365 days) and its shared accounts.
+ACCESS_AUDIT_STAGE = """
+[[stages]]
+kind = "access_audit"
+dormant_days = 365
+shared_account_patterns = ["shared", "^scanner$"]
+"""
+
+
 def write_plan(folder: Path, url: str, content_root: Path, *, name: str = "test-plan",
-               extra_stages: str = "", batch_files: int = 25, state_url: str | None = None) -> Path:
-    """A plan file for a demo system, with the inventory stage (and any extra stage text)."""
+               extra_stages: str = "", batch_files: int = 25, state_url: str | None = None,
+               access_audit: bool = False) -> Path:
+    """A plan file for a demo system, with the inventory stage, the access audit if asked (before any
+    extra stage text) and any extra stage text."""
     state = f'\n[state]\nurl = "{state_url}"\n' if state_url else ""
+    if access_audit:
+        extra_stages = ACCESS_AUDIT_STAGE + extra_stages
     text = f'''[plan]
 name = "{name}"
 owner = "Test Operator"
@@ -104,3 +117,25 @@ def small_demo(tmp_path: Path):  # type: ignore[no-untyped-def]
 def decom_cmd() -> list[str]:
     """The decom console entry as a subprocess command, using this interpreter."""
     return [sys.executable, "-c", "from decom.cli import main; main()"]
+
+
+@pytest.fixture
+def ldap_server(small_demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A throw-away slapd on a free loopback port holding the small demo's directory (tests/ldap_server.py).
+
+    Yields a DemoDirectory: the server (url, base_dn, bind_dn, password), the active logins it lacks
+    and the ones it locks. The bind password is generated per server and given to the test only through
+    the environment variable DECOM_TEST_LDAP_PASSWORD. Without slapd installed the test fails.
+    """
+    from ldap_server import LDAP_PASSWORD_ENV, SlapdUnavailable, start_demo_directory
+
+    url, _content, facts = small_demo
+    try:
+        directory = start_demo_directory(tmp_path / "slapd", url, facts)
+    except SlapdUnavailable as exc:
+        pytest.fail(f"{exc} (run `make services`)", pytrace=False)
+    monkeypatch.setenv(LDAP_PASSWORD_ENV, directory.server.password)
+    try:
+        yield directory
+    finally:
+        directory.server.stop()

@@ -53,7 +53,7 @@ def step_ids(plan: Path, state: Path) -> list[tuple[str, str]]:
 @pytest.fixture
 def reference(small_demo, tmp_path: Path):  # type: ignore[no-untyped-def]
     url, content, facts = small_demo
-    plan = write_plan(tmp_path, url, content)
+    plan = write_plan(tmp_path, url, content, access_audit=True)
     state = tmp_path / "reference.state"
     api.run(plan, state=state)
     return plan, state, facts
@@ -70,6 +70,9 @@ CRASH_POINTS = [
     "signatures@inside",
     "orphans@written",
     "summary@start",
+    "analyse@inside",            # access audit: permissions export under its temporary name
+    "analyse@done",              # between the audit's analysis and its findings
+    "findings@written",          # findings exported, done mark not committed
 ]
 
 
@@ -83,7 +86,7 @@ def test_resume_after_sigkill_gives_the_same_outputs_as_an_uninterrupted_run(ref
     assert killed.returncode == -signal.SIGKILL, killed.stderr
 
     status = api.status(plan, state=state)
-    assert status.stages[0].status == "running"
+    assert "running" in [stage.status for stage in status.stages]
 
     resumed = run_decom("--quiet", "run", str(plan), "--state", str(state))
     assert resumed.returncode == 0, resumed.stderr
