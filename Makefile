@@ -7,7 +7,7 @@ DECOM := $(VENV)/bin/decom
 DEMO_DIR ?= demo-data
 PYTEST_ARGS ?=
 
-.PHONY: help install services demo demo-data test lint clean
+.PHONY: help install services demo demo-data test lint bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -21,8 +21,9 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install decom with its test tools
 
-services: ## install and start what the tests talk to (PostgreSQL, MariaDB)
+services: ## install and start what the tests talk to (PostgreSQL, MariaDB, Debian chromium + chromedriver)
 	bash scripts/services.sh
+	bash scripts/browser.sh
 
 demo-data: install
 	@if [ ! -f $(DEMO_DIR)/legacy.sqlite ]; then \
@@ -43,6 +44,9 @@ test: install services ## install, start the services, run the whole suite
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check decom adapters tests
 	$(VENV)/bin/mypy --strict decom
+
+bench: install services ## benchmarks, by hand (not part of make test): 1M-document inventory
+	$(PY) -m benchmarks.inventory_1m
 
 clean: ## remove the venv, demo data and demo state
 	rm -rf $(VENV) $(DEMO_DIR) plans/*.state .pytest_cache

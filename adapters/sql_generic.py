@@ -169,6 +169,35 @@ class SqlGenericAdapter:
             raise ValueError(f"unsupported aggregate {func}({column}) on {entity}")
         return self._execute_scalar(f"SELECT {func.upper()}(q.{column}) FROM ({self._query(entity)}) q", entity)
 
+    def breakdown(self, entity: str, by: str, *, year: bool = False, value: str | None = None,
+                  join: tuple[str, str] | None = None) -> dict[str, float]:
+        """COUNT (or SUM of `value`) per `by` (per year of `by` with year=True), computed by the database.
+
+        join=(entity, key) groups `value` of this entity by `by` of the other entity joined on `key`.
+        """
+        spec = ENTITIES[entity]
+        other = ENTITIES[join[0]] if join else spec
+        if by not in other.columns or (value is not None and value not in spec.columns):
+            raise ValueError(f"unsupported breakdown of {entity} by {by}")
+        source = sa.text(f"({self._query(entity)}) q")
+        key: sa.ColumnElement[Any] = sa.literal_column(f"{'j' if join else 'q'}.{by}")
+        if year:
+            key = sa.extract("year", key)
+        measure = sa.func.sum(sa.literal_column(f"q.{value}")) if value else sa.func.count()
+        query = sa.select(key.label("k"), measure.label("v"))
+        if join:
+            query = query.select_from(source).join(sa.text(f"({self._query(join[0])}) j"),
+                                                   sa.text(f"j.{join[1]} = q.{join[1]}"))
+        else:
+            query = query.select_from(source)
+        query = query.group_by(key)
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+        except SQLAlchemyError as exc:
+            raise self._sql_error(entity, exc) from None
+        return {("(none)" if k is None else str(int(k)) if year else str(k)): float(v or 0) for k, v in rows}
+
     def read(self, entity: str, batch_rows: int = 10_000) -> Iterator[pa.RecordBatch]:
         spec = ENTITIES[entity]
         order = ", ".join(f"q.{k}" for k in spec.key)

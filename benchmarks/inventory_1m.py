@@ -37,7 +37,8 @@ SCALE_SQL = [
                              is_current)
        SELECT g * 2 + v, g, v, 'file-' || g || '.pdf', 'application/pdf', 40000 + (g % 9000), NULL,
               'bench/' || (g % 1000) || '/' || g || '-v' || v || '.pdf',
-              TIMESTAMP '2012-01-01' + (g % 4000) * INTERVAL '1 day', 1 + (g % 40), CASE WHEN v = 2 OR g % 2 = 1 THEN 1 ELSE 0 END
+              TIMESTAMP '2012-01-01' + (g % 4000) * INTERVAL '1 day', 1 + (g % 40),
+              CASE WHEN v = 2 OR g % 2 = 1 THEN 1 ELSE 0 END
        FROM generate_series(100001, 100000 + :documents) g
        CROSS JOIN LATERAL (SELECT 1 AS v UNION ALL SELECT 2 WHERE g % 2 = 0) versions""",
     """INSERT INTO access_rule (id, obj_kind, obj_id, subj_kind, subj_id, mode, inherited)

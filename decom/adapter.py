@@ -63,6 +63,10 @@ class LegacyAdapter(Protocol):
     def aggregate(self, entity: str, column: str, func: str) -> Any:
         """`func` (sum | max | min | count) of a canonical column, computed by the database."""
 
+    def breakdown(self, entity: str, by: str, *, year: bool = False, value: str | None = None,
+                  join: tuple[str, str] | None = None) -> dict[str, float]:
+        """Count (or sum of `value`) per value (or year) of `by`, computed by the database."""
+
     def read(self, entity: str, batch_rows: int = 10_000) -> Iterator[pa.RecordBatch]:
         """Stream an entity as record batches in the canonical schema, ordered by its key."""
 

@@ -15,6 +15,7 @@ from decom.fileio import write_json, write_text
 from decom.journal import Journal, JournalCheck
 from decom.plan import LoadedPlan, PlanProblem, check_plan, load_plan
 from decom.progress import QUIET, Progress
+from decom.report.html import render_html
 from decom.report.markdown import render_markdown, report_data
 
 
@@ -33,6 +34,7 @@ class PlanReport:
     data: dict[str, Any]
     markdown_path: Path
     json_path: Path
+    html_path: Path
 
     @property
     def blockers(self) -> list[str]:
@@ -53,9 +55,11 @@ def plan(plan_path: Path | str, *, state: Path | None = None, out: Path | None =
     data = report_data(header, stages)
     out_dir = out or state_dir / "reports"
     markdown_path, json_path = out_dir / "plan-report.md", out_dir / "plan-report.json"
+    html_path = out_dir / "plan-report.html"
     write_text(markdown_path, render_markdown(data))
     write_json(json_path, data)
-    return PlanReport(stages, data, markdown_path, json_path)
+    write_text(html_path, render_html(data))
+    return PlanReport(stages, data, markdown_path, json_path, html_path)
 
 
 def run(plan_path: Path | str, *, state: Path | None = None, stages: list[str] | None = None,
@@ -113,6 +117,14 @@ def status(plan_path: Path | str, *, state: Path | None = None) -> Status:
         store.close()
     return Status(name, state_dir, recorded is not None and recorded != loaded.sha256, result, runs,
                   Journal(state_dir / "journal.jsonl").verify())
+
+
+def undo(plan_path: Path | str, *, stage: str, state: Path | None = None, dry_run: bool = False) -> list[Any]:
+    """Restore what the lock-down steps of `stage` changed (or, with dry_run, list it)."""
+    from decom.undo import undo as _undo
+
+    loaded = load_plan(plan_path)
+    return _undo(loaded, _state_dir(loaded, state), stage, dry_run=dry_run)
 
 
 def verify_journal(plan_path: Path | str, *, state: Path | None = None) -> JournalCheck:

@@ -74,7 +74,8 @@ def plan(
 ) -> None:
     """Dry run: what every stage would do, with counts, estimates and blockers. Changes nothing.
 
-    Writes plan-report.md and plan-report.json. Exit 3 when there are blockers.
+    Writes plan-report.html (for people; opens offline, prints well), plan-report.md and
+    plan-report.json. Exit 3 when there are blockers.
     """
     report = api.plan(plan_file, state=state, out=out, progress=_progress())
     for stage in report.stages:
@@ -84,7 +85,8 @@ def plan(
             _echo(f"  - {action}")
     for blocker in report.blockers:
         _echo(f"BLOCKER: {blocker}")
-    _echo(f"report: {report.markdown_path}")
+    _echo(f"report: {report.html_path}")
+    _echo(f"        {report.markdown_path}")
     _echo(f"        {report.json_path}")
     if report.blockers:
         raise typer.Exit(3)
@@ -136,6 +138,21 @@ def status(
         _echo(f"journal: {result.journal.entries} entries, chain {chain}")
     if not result.journal.ok:
         raise typer.Exit(1)
+
+
+@app.command()
+def undo(
+    plan_file: PlanArg,
+    stage: Annotated[str, typer.Option("--stage", help="The stage whose lock-down to undo (e.g. access_audit).")],
+    state: StateOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be restored.")] = False,
+) -> None:
+    """Put back what a stage's lock-down changed (accounts, rights), until the point of no return."""
+    actions = api.undo(plan_file, stage=stage, state=state, dry_run=dry_run)
+    verb = "would restore" if dry_run else "restored"
+    for action in actions:
+        _echo(f"{verb}: {action.action} {json.dumps(action.target, ensure_ascii=False)} -> {action.restore_to!r}")
+    _echo(f"{len(actions)} change(s) {verb}" if actions else "nothing to undo")
 
 
 @demo_app.command("build")

@@ -57,6 +57,8 @@ class StagePlan:
     risks: list[str] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    # Blockers the plan accepts ([[accept]]): "<blocker> — accepted by <by>: <reason>"
+    accepted: list[str] = field(default_factory=list)
     # Charts for the report: title -> {label: value}, e.g. {"documents per year": {"2019": 156, ...}}
     charts: dict[str, dict[str, float]] = field(default_factory=dict)
 
@@ -270,6 +272,9 @@ def run_plan(plan: LoadedPlan, state_dir: Path, *, stages: list[str] | None = No
             journal.append("run_started", run_id=runner.run_id, plan=runner.name, plan_file=str(plan.path),
                            plan_sha256=plan.sha256, source=plan.source_url_redacted(),
                            stages=[s.name for s in plan.spec.stages], only=stages)
+            for accepted in plan.spec.accept:
+                journal.append("blocker_accepted", run_id=runner.run_id, stage=accepted.stage,
+                               match=accepted.match, accepted_by=accepted.by, reason=accepted.reason)
             try:
                 done = runner.execute(stages)
             except IncompleteError as exc:
@@ -291,6 +296,18 @@ def run_plan(plan: LoadedPlan, state_dir: Path, *, stages: list[str] | None = No
         store.close()
 
 
+def apply_acceptances(plan: LoadedPlan, stage: StagePlan) -> None:
+    """Move the blockers the plan accepts into `accepted`, naming who accepted them and why."""
+    remaining = []
+    for blocker in stage.blockers:
+        accepted = [a for a in plan.spec.accept if a.stage == stage.stage and a.match in blocker]
+        if accepted:
+            stage.accepted.append(f"{blocker} — accepted by {accepted[0].by}: {accepted[0].reason}")
+        else:
+            remaining.append(blocker)
+    stage.blockers = remaining
+
+
 def plan_stages(plan: LoadedPlan, state_dir: Path, progress: Progress) -> list[StagePlan]:
     """Every stage's read-only plan. A stage that cannot be planned reports that as a blocker."""
     results: list[StagePlan] = []
@@ -306,10 +323,11 @@ def plan_stages(plan: LoadedPlan, state_dir: Path, progress: Progress) -> list[S
                 continue
             ctx = StageContext(plan, spec.name, spec, state_dir, progress, shared_adapter)
             try:
-                results.append(module.plan(ctx))
+                stage_plan = module.plan(ctx)
             except UserError as exc:
-                results.append(StagePlan(spec.name, spec.kind, True, "cannot be planned",
-                                         blockers=[str(exc)]))
+                stage_plan = StagePlan(spec.name, spec.kind, True, "cannot be planned", blockers=[str(exc)])
+            apply_acceptances(plan, stage_plan)
+            results.append(stage_plan)
             shared_adapter = ctx._adapter
     finally:
         if shared_adapter is not None:

@@ -30,7 +30,7 @@ from decom.adapter import SourceConfig, adapter_names
 from decom.errors import UserError
 from decom.plan_lines import KeyPath, key_lines, line_of, render_path, word_error
 
-AVAILABLE_STAGE_KINDS: frozenset[str] = frozenset({"inventory"})  # stage kinds this version can run
+AVAILABLE_STAGE_KINDS: frozenset[str] = frozenset({"inventory", "access_audit"})  # stage kinds this version can run
 FUTURE_STAGE_KINDS: tuple[str, ...] = ("backup", "handover", "shutdown", "final_checks")
 STAGE_KINDS: tuple[str, ...] = ("inventory", "access_audit", *FUTURE_STAGE_KINDS)
 
@@ -117,10 +117,40 @@ class InventoryStage(_StageBase):
     checksum_mismatch: Literal["report", "fail"] = "report"
 
 
+class LdapSpec(_Strict):
+    """The directory the EDM logs in through: entries missing or locked there are findings."""
+
+    url: str                                   # ldap://host:port or ldaps://host:port
+    base_dn: str
+    bind_dn: str | None = None                 # anonymous bind when absent
+    bind_password: str | None = None           # only as "${ENV_VAR}"
+    bind_password_file: str | None = None      # or a file holding it (relative to the plan)
+    login_attribute: str = "uid"               # the attribute whose value is the EDM login
+    user_filter: str = "(objectClass=*)"
+    start_tls: bool = False
+    ca_file: str | None = None
+    timeout_seconds: int = Field(10, ge=1, le=300)
+
+
+LOCKDOWN_SELECTIONS = ("dormant", "never_logged_in", "shared", "departed", "directory_disabled")
+
+
+class LockdownSpec(_Strict):
+    """Lock-down actions `decom run` takes through the adapter (the dry run only lists them)."""
+
+    disable_logins: list[str] = Field(default_factory=list)       # accounts named by login
+    disable: list[Literal["dormant", "never_logged_in", "shared", "departed", "directory_disabled"]] = Field(
+        default_factory=list)                                      # accounts selected by finding kind
+    keep_logins: list[str] = Field(default_factory=list)          # never disabled (e.g. the archivist)
+    read_only: bool = False                                        # revoke every write/admin right
+
+
 class AccessAuditStage(_StageBase):
     kind: Literal["access_audit"]
     dormant_days: int = Field(180, ge=1)
     shared_account_patterns: list[Annotated[str, AfterValidator(_regex)]] = Field(default_factory=list)
+    ldap: LdapSpec | None = None
+    lockdown: LockdownSpec = Field(default_factory=LockdownSpec)
 
 
 class FutureStage(_StageBase):
@@ -145,12 +175,22 @@ _STAGE_MODELS: dict[str, type[_StageBase]] = {
 }
 
 
+class AcceptSpec(_Strict):
+    """A blocker the plan owner accepts on the record: it no longer stops the plan, and is journaled."""
+
+    stage: str                          # the stage name the blocker belongs to
+    match: Annotated[str, _not_blank]   # text the blocker contains
+    by: Annotated[str, _not_blank]      # who accepted it (a person, with their role)
+    reason: Annotated[str, _not_blank]  # why: what was decided instead
+
+
 class PlanSpec(_Strict):
     plan: PlanMeta
     source: SourceSpec
     state: StateSpec = Field(default_factory=StateSpec)
     archive: ArchiveSpec = Field(default_factory=ArchiveSpec)
     stages: list[StageSpec] = Field(min_length=1)
+    accept: list[AcceptSpec] = Field(default_factory=list)
 
 
 # -- problems ------------------------------------------------------------------------------------
@@ -287,6 +327,30 @@ def _check_stages(p: _Collector, stages: list[Any]) -> None:
             p.add(("stages", index), message, severity="warning")
 
 
+def _check_secret(p: _Collector, path: KeyPath, template: str) -> None:
+    """A secret in a plan may only be a ${VAR} reference, and the variable must be set."""
+    if not _ENV_REF_ONLY.fullmatch(template):
+        p.add(path, "a secret is written in the plan; reference it as ${ENV_VAR} or use the *_file key")
+        return
+    name = template[2:-1]
+    if name not in os.environ:
+        p.add(path, f"environment variable {name} is not set")
+
+
+def _check_ldap(p: _Collector, index: int, ldap: dict[str, Any], plan_dir: Path) -> None:
+    where: KeyPath = ("stages", index, "ldap")
+    if isinstance(ldap.get("bind_password"), str):
+        _check_secret(p, (*where, "bind_password"), ldap["bind_password"])
+    if "bind_password" in ldap and "bind_password_file" in ldap:
+        p.add((*where, "bind_password_file"), "give either bind_password or bind_password_file, not both")
+    for key in ("bind_password_file", "ca_file"):
+        if isinstance(ldap.get(key), str) and not _resolve_path(plan_dir, ldap[key]).is_file():
+            p.add((*where, key), f"file not found: {_resolve_path(plan_dir, ldap[key])}")
+    url = ldap.get("url")
+    if isinstance(url, str) and not re.fullmatch(r"ldaps?://[^/\s]+/?", url):
+        p.add((*where, "url"), "expected ldap://host:port or ldaps://host:port")
+
+
 def _check_semantics(p: _Collector, raw: dict[str, Any], plan_dir: Path) -> None:
     if isinstance(raw.get("source"), dict):
         _check_source(p, raw["source"], plan_dir)
@@ -295,6 +359,14 @@ def _check_semantics(p: _Collector, raw: dict[str, Any], plan_dir: Path) -> None
         _check_url(p, ("state", "url"), state["url"])
     if isinstance(raw.get("stages"), list):
         _check_stages(p, raw["stages"])
+        for index, stage in enumerate(raw["stages"]):
+            if isinstance(stage, dict) and stage.get("kind") == "access_audit" and isinstance(stage.get("ldap"), dict):
+                _check_ldap(p, index, stage["ldap"], plan_dir)
+        names = {str(s.get("name", s.get("kind"))) for s in raw["stages"] if isinstance(s, dict)}
+        for index, accepted in enumerate(raw.get("accept", []) if isinstance(raw.get("accept"), list) else []):
+            if isinstance(accepted, dict) and isinstance(accepted.get("stage"), str) and accepted["stage"] not in names:
+                p.add(("accept", index, "stage"), f"no stage named {accepted['stage']!r} "
+                                                  f"(stages: {', '.join(sorted(names))})")
 
 
 # -- the loaded plan ------------------------------------------------------------------------------
@@ -371,6 +443,20 @@ class LoadedPlan:
     def state_url(self) -> str | None:
         template = self.spec.state.url
         return None if template is None else _absolute_sqlite(_expand(template, "state.url"), self.plan_dir)
+
+    def secret(self, template: str | None, file: str | None, key: str) -> str | None:
+        """A secret named by the plan: a ${VAR} reference or a file's first line. Never log the result."""
+        if file is not None:
+            path = _resolve_path(self.plan_dir, file)
+            try:
+                return path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UserError(f"cannot read {key}_file {path} ({type(exc).__name__})") from None
+        return None if template is None else _expand(template, key)
+
+    def resolve(self, value: str) -> Path:
+        """A path from the plan, relative to the plan's folder."""
+        return _resolve_path(self.plan_dir, value)
 
     def archive_target(self) -> Path | None:
         target = self.spec.archive.target

@@ -58,9 +58,37 @@ def test_malformed_plans_exit_2_with_a_precise_message_for_every_command(
         assert "Traceback" not in output
 
 
+ACCEPT_MISSING = """
+[[accept]]
+stage = "inventory"
+match = "missing from the content root"
+by = "Records office lead"
+reason = "lost before the decommission; paper original kept"
+"""
+
+
+def test_missing_content_is_a_blocker_until_the_plan_accepts_it_on_the_record(
+        small_demo, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url, content, facts = small_demo
+    plan = write_plan(tmp_path, url, content)
+    assert run_cli(["--quiet", "plan", str(plan)]) == 3
+    out = capsys.readouterr().out
+    assert f"BLOCKER: inventory: 1 referenced content object(s) missing from the content root " \
+           f"(first: {facts.missing_content_refs[0]})" in out
+
+    plan.write_text(plan.read_text(encoding="utf-8") + ACCEPT_MISSING, encoding="utf-8")
+    assert run_cli(["--quiet", "plan", str(plan)]) == 0
+    report = json.loads((tmp_path / "test-plan.state" / "reports" / "plan-report.json").read_text(encoding="utf-8"))
+    assert report["blockers"] == []
+    assert "accepted by Records office lead" in report["stages"][0]["accepted"][0]
+    assert run_cli(["--quiet", "run", str(plan)]) == 0
+    journal = (tmp_path / "test-plan.state" / "journal.jsonl").read_text(encoding="utf-8")
+    assert '"event":"blocker_accepted"' in journal and "Records office lead" in journal
+
+
 def test_plan_is_a_dry_run_that_changes_nothing_in_the_source(small_demo, tmp_path: Path) -> None:
     url, content, _ = small_demo
-    plan = write_plan(tmp_path, url, content)
+    plan = write_plan(tmp_path, url, content, extra_stages=ACCEPT_MISSING)
 
     def fingerprint() -> dict[str, str]:
         files = [Path(url.removeprefix("sqlite:///")), *sorted(p for p in content.rglob("*") if p.is_file())]
@@ -145,7 +173,7 @@ def test_secrets_from_the_environment_never_reach_state_journal_or_reports(
     secret = "s3cret-Parol-口令-7781"
     monkeypatch.setenv("DECOM_T_DB_PASSWORD", secret)
     url_with_secret = pg_url.replace("postgres@", "postgres:${DECOM_T_DB_PASSWORD}@")
-    plan = write_plan(tmp_path, url_with_secret, content)
+    plan = write_plan(tmp_path, url_with_secret, content, extra_stages=ACCEPT_MISSING)
     assert run_cli(["--quiet", "plan", str(plan)]) == 0
     assert run_cli(["--quiet", "run", str(plan)]) == 0
     encoded = secret.encode()

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-
 from conftest import decom_cmd, write_plan
+
 from decom import api
 from decom.checkpoint import CheckpointStore
 from decom.cli import run_cli
