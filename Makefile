@@ -35,8 +35,10 @@ demo: demo-data ## build the demo legacy EDM and run plans/demo.toml end to end
 	$(DECOM) plan plans/demo.toml
 	$(DECOM) run plans/demo.toml
 	$(DECOM) status plans/demo.toml
-	@echo; echo "Dry-run report: plans/demo.state/reports/plan-report.md"; \
-	 echo "Inventory:      plans/demo.state/stages/inventory/summary.json"
+	@echo; echo "Dry-run report: plans/demo.state/reports/plan-report.html (also .md, .json)"; \
+	 echo "Inventory:      plans/demo.state/stages/inventory/summary.json"; \
+	 echo "Access audit:   plans/demo.state/stages/access_audit/exports/ (users, permissions, findings)"; \
+	 echo "Undo lock-down: .venv/bin/decom undo plans/demo.toml --stage access_audit [--dry-run]"
 
 test: install services ## install, start the services, run the whole suite
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -86,9 +86,16 @@ def test_missing_content_is_a_blocker_until_the_plan_accepts_it_on_the_record(
     assert '"event":"blocker_accepted"' in journal and "Records office lead" in journal
 
 
+LOCKDOWN_EVERYTHING = """
+[stages.lockdown]
+disable = ["dormant", "never_logged_in", "shared"]
+read_only = true
+"""
+
+
 def test_plan_is_a_dry_run_that_changes_nothing_in_the_source(small_demo, tmp_path: Path) -> None:
     url, content, _ = small_demo
-    plan = write_plan(tmp_path, url, content, extra_stages=ACCEPT_MISSING)
+    plan = write_plan(tmp_path, url, content, access_audit=True, extra_stages=LOCKDOWN_EVERYTHING + ACCEPT_MISSING)
 
     def fingerprint() -> dict[str, str]:
         files = [Path(url.removeprefix("sqlite:///")), *sorted(p for p in content.rglob("*") if p.is_file())]
@@ -102,6 +109,8 @@ def test_plan_is_a_dry_run_that_changes_nothing_in_the_source(small_demo, tmp_pa
     assert report["ready"] is True
     inventory = report["stages"][0]
     assert inventory["counts"]["documents"] == 60
+    lockdown_actions = [a for a in report["stages"][1]["actions"] if a.startswith(("disable account", "make the"))]
+    assert len(lockdown_actions) > 3, "the dry run must list the lock-down it would take"
     markdown = (tmp_path / "s" / "reports" / "plan-report.md").read_text(encoding="utf-8")
     assert "# Decommission plan: test-plan" in markdown and "inventory" in markdown
     assert not (tmp_path / "s" / "checkpoints.sqlite").exists(), "a dry run must not start a run"
