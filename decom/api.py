@@ -127,6 +127,17 @@ def undo(plan_path: Path | str, *, stage: str, state: Path | None = None, dry_ru
     return _undo(loaded, _state_dir(loaded, state), stage, dry_run=dry_run)
 
 
+def generate_keys(kind: str, out_prefix: Path) -> tuple[Path, Path, str]:
+    """A new key pair: (private key file, public key file, fingerprint). kind: recipient | signing."""
+    from cryptography.hazmat.primitives import serialization
+
+    from decom.archive.keys import fingerprint, generate
+
+    private_path, public_path = generate(kind, out_prefix)
+    public = serialization.load_pem_public_key(public_path.read_bytes())
+    return private_path, public_path, fingerprint(public)  # type: ignore[arg-type]
+
+
 def verify_journal(plan_path: Path | str, *, state: Path | None = None) -> JournalCheck:
     loaded = load_plan(plan_path)
     return Journal(_state_dir(loaded, state) / "journal.jsonl").verify()

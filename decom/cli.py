@@ -23,8 +23,10 @@ app = typer.Typer(
     name="decom", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Retire a legacy EDM system safely and provably: one staged plan file, run with resumable "
          "checkpoints. Exit codes: 0 ok, 1 internal error, 2 user error, 3 stopped before the plan was done.")
+keys_app = typer.Typer(no_args_is_help=True, help="Create archive keys: recipients (X25519) and signers (Ed25519).")
 demo_app = typer.Typer(no_args_is_help=True, help="Build the demo legacy EDM system (SQLite + content folder).")
 app.add_typer(demo_app, name="demo")
+app.add_typer(keys_app, name="keys")
 
 _options: dict[str, bool] = {"debug": False, "quiet": False}
 
@@ -153,6 +155,18 @@ def undo(
     for action in actions:
         _echo(f"{verb}: {action.action} {json.dumps(action.target, ensure_ascii=False)} -> {action.restore_to!r}")
     _echo(f"{len(actions)} change(s) {verb}" if actions else "nothing to undo")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    kind: Annotated[str, typer.Option(help="recipient (can decrypt archives) or signing (signs manifests).")],
+    out: Annotated[Path, typer.Option(help="Path prefix: writes <out>.key (private, mode 0600) and <out>.pub.")],
+) -> None:
+    """Generate a key pair. Give .pub files to the plan; keep .key files where only their owner reads them."""
+    private_path, public_path, fp = api.generate_keys(kind, out)
+    _echo(f"private key: {private_path}  (keep it secret; never put it in a plan)")
+    _echo(f"public key:  {public_path}")
+    _echo(f"fingerprint: {fp}")
 
 
 @demo_app.command("build")

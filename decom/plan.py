@@ -30,9 +30,10 @@ from decom.adapter import SourceConfig, adapter_names
 from decom.errors import UserError
 from decom.plan_lines import KeyPath, key_lines, line_of, render_path, word_error
 
-AVAILABLE_STAGE_KINDS: frozenset[str] = frozenset({"inventory", "access_audit"})  # stage kinds this version can run
-FUTURE_STAGE_KINDS: tuple[str, ...] = ("backup", "handover", "shutdown", "final_checks")
-STAGE_KINDS: tuple[str, ...] = ("inventory", "access_audit", *FUTURE_STAGE_KINDS)
+# The stage kinds this version can run; the others are in the schema and reported "not available yet".
+AVAILABLE_STAGE_KINDS: frozenset[str] = frozenset({"inventory", "access_audit", "backup"})
+FUTURE_STAGE_KINDS: tuple[str, ...] = ("handover", "shutdown", "final_checks")
+STAGE_KINDS: tuple[str, ...] = ("inventory", "access_audit", "backup", *FUTURE_STAGE_KINDS)
 
 _PLAN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _STAGE_NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -95,7 +96,10 @@ class StateSpec(_Strict):
 
 
 class ArchiveSpec(_Strict):
-    target: str | None = None
+    target: str | None = None                    # folder; each backup run writes <target>/<plan>-<date>-<id8>/
+    recipients: list[str] = Field(default_factory=list)   # X25519 public keys (PEM files) that can decrypt
+    signing_key_file: str | None = None          # Ed25519 private key (PEM) that signs the manifest
+    signing_key_passphrase: str | None = None    # only as "${ENV_VAR}"
 
 
 class _StageBase(_Strict):
@@ -153,10 +157,17 @@ class AccessAuditStage(_StageBase):
     lockdown: LockdownSpec = Field(default_factory=LockdownSpec)
 
 
+class BackupStage(_StageBase):
+    kind: Literal["backup"]
+    part_mb: int = Field(64, ge=1, le=4096)       # content bytes per content part file
+    verify_after: Literal["quick", "none"] = "quick"   # full needs a private key: the auditor runs it
+    changed_after_freeze: Literal["report", "fail"] = "report"
+
+
 class FutureStage(_StageBase):
     """A stage kind named by the schema but not built yet: its options are kept, not checked."""
 
-    kind: Literal["backup", "handover", "shutdown", "final_checks"]
+    kind: Literal["handover", "shutdown", "final_checks"]
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -168,9 +179,9 @@ class FutureStage(_StageBase):
         return kept | {"options": {key: value for key, value in data.items() if key not in kept}}
 
 
-StageSpec = Annotated[InventoryStage | AccessAuditStage | FutureStage, Field(discriminator="kind")]
+StageSpec = Annotated[InventoryStage | AccessAuditStage | BackupStage | FutureStage, Field(discriminator="kind")]
 _STAGE_MODELS: dict[str, type[_StageBase]] = {
-    "inventory": InventoryStage, "access_audit": AccessAuditStage,
+    "inventory": InventoryStage, "access_audit": AccessAuditStage, "backup": BackupStage,
     **{kind: FutureStage for kind in FUTURE_STAGE_KINDS},
 }
 
@@ -351,7 +362,35 @@ def _check_ldap(p: _Collector, index: int, ldap: dict[str, Any], plan_dir: Path)
         p.add((*where, "url"), "expected ldap://host:port or ldaps://host:port")
 
 
+def _check_archive(p: _Collector, raw: dict[str, Any], plan_dir: Path) -> None:
+    """A plan with a backup stage needs somewhere to write, someone to read it, and a key to sign it."""
+    archive: dict[str, Any] = raw["archive"] if isinstance(raw.get("archive"), dict) else {}
+    stages: list[Any] = raw["stages"] if isinstance(raw.get("stages"), list) else []
+    if not any(isinstance(s, dict) and s.get("kind") == "backup" for s in stages):
+        return
+    where: KeyPath = ("archive",)
+    if not isinstance(archive.get("target"), str):
+        p.add((*where, "target") if archive else where, "the backup stage needs archive.target (a folder)")
+    recipients = archive.get("recipients")
+    if not isinstance(recipients, list) or not recipients:
+        p.add((*where, "recipients") if archive else where,
+              "the backup stage needs archive.recipients: public key files of who may decrypt")
+    else:
+        for recipient in recipients:
+            if isinstance(recipient, str) and not _resolve_path(plan_dir, recipient).is_file():
+                p.add((*where, "recipients"), f"recipient key not found: {_resolve_path(plan_dir, recipient)}")
+    signing = archive.get("signing_key_file")
+    if not isinstance(signing, str):
+        p.add((*where, "signing_key_file") if archive else where,
+              "the backup stage needs archive.signing_key_file (Ed25519 private key that signs the manifest)")
+    elif not _resolve_path(plan_dir, signing).is_file():
+        p.add((*where, "signing_key_file"), f"file not found: {_resolve_path(plan_dir, signing)}")
+    if isinstance(archive.get("signing_key_passphrase"), str):
+        _check_secret(p, (*where, "signing_key_passphrase"), archive["signing_key_passphrase"])
+
+
 def _check_semantics(p: _Collector, raw: dict[str, Any], plan_dir: Path) -> None:
+    _check_archive(p, raw, plan_dir)
     if isinstance(raw.get("source"), dict):
         _check_source(p, raw["source"], plan_dir)
     state = raw.get("state")

@@ -133,16 +133,16 @@ def test_unreachable_database_is_a_blocker_in_the_plan_and_one_line_error_in_run
 def test_a_stage_not_built_yet_stops_the_run_loudly_after_the_stages_before_it(
         small_demo, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url, content, _ = small_demo
-    plan = write_plan(tmp_path, url, content, extra_stages='\n[[stages]]\nkind = "backup"\n')
+    plan = write_plan(tmp_path, url, content, extra_stages='\n[[stages]]\nkind = "handover"\n')
     assert run_cli(["--quiet", "plan", str(plan)]) == 3
     assert "not available yet" in capsys.readouterr().out
     assert run_cli(["--quiet", "run", str(plan)]) == 3
     err = capsys.readouterr().err
-    assert "stage 'backup' (kind backup) is not available yet" in err and "done: inventory" in err
+    assert "stage 'handover' (kind handover) is not available yet" in err and "done: inventory" in err
     assert run_cli(["status", str(plan), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert [(s["name"], s["status"]) for s in status["stages"]] == [("inventory", "done"),
-                                                                    ("backup", "not_available")]
+                                                                    ("handover", "not_available")]
 
 
 def test_run_then_status_then_rerun_does_no_work_twice(small_demo, tmp_path: Path,

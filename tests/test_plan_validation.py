@@ -173,11 +173,24 @@ def test_unknown_key_in_stage_suggests_the_right_one(tmp_path: Path) -> None:
 
 def test_source_options_and_future_stage_options_are_free(tmp_path: Path) -> None:
     text = VALID.replace('content_root = "content"', 'content_root = "content"\noptions = { anything = 1 }')
-    text += '\n[[stages]]\nkind = "backup"\nwhatever = [1, 2]\n'
+    text += '\n[[stages]]\nkind = "handover"\nwhatever = [1, 2]\n'
     loaded = load_plan(write(tmp_path, text))
     assert loaded.source_config().options == {"anything": 1}
-    backup = loaded.spec.stages[1]
-    assert isinstance(backup, FutureStage) and backup.options == {"whatever": [1, 2]}
+    handover = loaded.spec.stages[1]
+    assert isinstance(handover, FutureStage) and handover.options == {"whatever": [1, 2]}
+
+
+def test_a_backup_stage_needs_a_target_recipients_and_a_signing_key(tmp_path: Path) -> None:
+    problems = check_plan(write(tmp_path, VALID + '\n[[stages]]\nkind = "backup"\n'))
+    messages = [p.message for p in problems if p.severity == "error"]
+    assert any("archive.target" in m for m in messages)
+    assert any("archive.recipients" in m for m in messages)
+    assert any("archive.signing_key_file" in m for m in messages)
+    text = VALID + '\n[archive]\ntarget = "a"\nrecipients = ["nope.pub"]\nsigning_key_file = "s.key"\n' \
+        '\n[[stages]]\nkind = "backup"\n'
+    errors = [p for p in check_plan(write(tmp_path, text)) if p.severity == "error"]
+    assert {p.key for p in errors} == {"archive.recipients", "archive.signing_key_file"}
+    assert all("not found" in p.message for p in errors)
 
 
 # -- missing keys and wrong types ------------------------------------------------------------------
@@ -257,23 +270,23 @@ def test_duplicate_stage_names(tmp_path: Path) -> None:
     problem = only_error(write(tmp_path, VALID + '\n[[stages]]\nkind = "inventory"\n'))
     assert (problem.line, problem.key) == (16, "stages[1]")
     assert "'inventory'" in problem.message and "stages[0]" in problem.message
-    text = VALID + '\n[[stages]]\nkind = "backup"\nname = "inventory"\n'
+    text = VALID + '\n[[stages]]\nkind = "handover"\nname = "inventory"\n'
     problem = only_error(write(tmp_path, text))
     assert (problem.line, problem.key) == (18, "stages[1].name")
 
 
 def test_future_stages_give_warnings_not_errors(tmp_path: Path) -> None:
     text = VALID + "".join(f'\n[[stages]]\nkind = "{kind}"\n'
-                           for kind in ("access_audit", "backup", "handover", "shutdown", "final_checks"))
+                           for kind in ("access_audit", "handover", "shutdown", "final_checks"))
     path = write(tmp_path, text)
     loaded = load_plan(path)
-    assert [w.key for w in loaded.warnings] == [f"stages[{i}]" for i in range(2, 6)]  # access_audit runs
+    assert [w.key for w in loaded.warnings] == [f"stages[{i}]" for i in range(2, 5)]  # access_audit runs
     assert all(w.severity == "warning" for w in loaded.warnings)
-    assert loaded.warnings[0].message == ("stage 'backup' (kind backup) is not available yet in this "
+    assert loaded.warnings[0].message == ("stage 'handover' (kind handover) is not available yet in this "
                                           "version of decom; its options are not checked")
     assert loaded.warnings[0].line == 19
     assert check_plan(path) == loaded.warnings
-    assert {"inventory", "access_audit"} <= AVAILABLE_STAGE_KINDS
+    assert {"inventory", "access_audit", "backup"} <= AVAILABLE_STAGE_KINDS
 
 
 # -- secrets ---------------------------------------------------------------------------------------
@@ -356,7 +369,7 @@ batch_files = "many"
 kind = "shredder"
 
 [[stages]]
-kind = "backup"
+kind = "handover"
 """
     path = write(tmp_path, text)
     problems = errors_of(path)

@@ -8,6 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from decom.stages import access_audit, inventory
+from decom.stages import access_audit, backup, inventory
 
-REGISTRY: dict[str, Any] = {"inventory": inventory, "access_audit": access_audit}
+REGISTRY: dict[str, Any] = {"inventory": inventory, "access_audit": access_audit, "backup": backup}

@@ -1,0 +1,115 @@
+"""manifest.json and manifest.sig: what an archive holds, hashed, Merkle-rooted and signed (Ed25519).
+
+Encryption alone does not catch a file swapped, deleted, added or put back from an older archive;
+the signed list of files with their SHA-256 and the Merkle root over versions do.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from decom.archive.keys import canonical_json, fingerprint, public_pem
+from decom.errors import UserError
+from decom.fileio import atomic_path
+
+MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
+FORMAT, FORMAT_VERSION = "decom-archive", 1
+
+
+def _leaf(version: dict[str, Any]) -> bytes:
+    value = "missing" if version.get("missing") else str(version["sha256"])
+    text = f"decom-leaf\x00{version['document_id']}\x00{version['version_id']}\x00{value}"
+    return hashlib.sha256(text.encode()).digest()
+
+
+def merkle_root(versions: list[dict[str, Any]]) -> str:
+    """Section 7 of docs/archive-format.md: leaves in manifest order, pairs hashed, odd node moves up."""
+    level = [_leaf(v) for v in versions]
+    if not level:
+        return hashlib.sha256(b"decom-empty").hexdigest()
+    while len(level) > 1:
+        paired = [hashlib.sha256(b"decom-node\x00" + level[i] + level[i + 1]).digest()
+                  for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return level[0].hex()
+
+
+def build_manifest(*, archive_id: str, run_id: str, plan_name: str, plan_sha256: str, created_at: str,
+                   source: str, freeze: dict[str, Any] | None, signer: Ed25519PublicKey, recipients: list[str],
+                   files: list[dict[str, Any]], versions: list[dict[str, Any]],
+                   counts: dict[str, int]) -> dict[str, Any]:
+    versions = sorted(versions, key=lambda v: (v["document_id"], v["version_id"]))
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "archive_id": archive_id, "run_id": run_id,
+        "plan_name": plan_name, "plan_sha256": plan_sha256, "created_at": created_at, "source": source,
+        "freeze": freeze,
+        "signer": {"alg": "Ed25519", "public_key_pem": public_pem(signer), "fingerprint": fingerprint(signer)},
+        "recipients": recipients, "files": sorted(files, key=lambda f: f["seq"]), "versions": versions,
+        "merkle_root": merkle_root(versions), "counts": counts,
+    }
+
+
+def write_signed(archive_dir: Path, manifest: dict[str, Any], signing_key: Ed25519PrivateKey) -> str:
+    """Write manifest.json then manifest.sig, each atomically; returns the manifest's SHA-256."""
+    data = canonical_json(manifest)
+    signature = {"alg": "Ed25519", "fingerprint": fingerprint(signing_key.public_key()),
+                 "signature": base64.b64encode(signing_key.sign(data)).decode()}
+    with atomic_path(archive_dir / MANIFEST) as tmp:
+        tmp.write_bytes(data)
+    with atomic_path(archive_dir / SIGNATURE) as tmp:
+        tmp.write_bytes(canonical_json(signature))
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(archive_dir: Path) -> tuple[dict[str, Any], bytes]:
+    path = archive_dir / MANIFEST
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist: {archive_dir} is not a decom archive") from None
+    try:
+        manifest = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{path} is not valid JSON") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{path} is not a decom archive manifest")
+    return manifest, data
+
+
+def signature_problem(archive_dir: Path, manifest_bytes: bytes, trusted: Ed25519PublicKey | str) -> str | None:
+    """None when manifest.sig signs these bytes with the trusted key (or fingerprint); else why not."""
+    try:
+        signature = json.loads((archive_dir / SIGNATURE).read_bytes())
+        raw = base64.b64decode(signature["signature"], validate=True)
+    except FileNotFoundError:
+        return f"{SIGNATURE} is missing"
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return f"{SIGNATURE} is damaged"
+    if isinstance(trusted, Ed25519PublicKey):
+        key = trusted
+    else:
+        try:
+            embedded = json.loads(manifest_bytes)["signer"]["public_key_pem"]
+            loaded = serialization.load_pem_public_key(embedded.encode())
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return "the manifest's signer key is unreadable"
+        if not isinstance(loaded, Ed25519PublicKey) or fingerprint(loaded) != trusted.lower():
+            return f"signed by {signature.get('fingerprint')}, not by the trusted key {trusted}"
+        key = loaded
+    try:
+        key.verify(raw, manifest_bytes)
+    except InvalidSignature:
+        if signature.get("fingerprint") != fingerprint(key):
+            return f"signed by {signature.get('fingerprint')}, not by the trusted key {fingerprint(key)}"
+        return "the signature does not match manifest.json (manifest or signature altered)"
+    return None

@@ -1,0 +1,179 @@
+"""Parquet modular encryption for archive files, through pyarrow, with our envelope as the "KMS".
+
+Every file: AES_GCM_V1, encrypted footer, all columns under one fresh 256-bit data key (uniform
+encryption), page checksums, key material inside the file. pyarrow hands the data key to our
+KMS client, which wraps it for the recipients bound to (archive id, path): docs/archive-format.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pyarrow.parquet.encryption as pe
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from decom.archive import keys
+from decom.fileio import atomic_path
+
+MASTER_KEY_ID = "decom-archive-v1"
+
+
+class ArchiveKeyError(Exception):
+    """Why a file could not be opened: kind is missing_key | wrong_key | binding | corrupt."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class _EnvelopeKms(pe.KmsClient):  # type: ignore[misc]
+    """pyarrow's KMS hook: wraps for recipients when writing, unwraps with one private key when reading."""
+
+    def __init__(self, binding: dict[str, str], recipients: list[X25519PublicKey] | None = None,
+                 check: X25519PublicKey | None = None, private: X25519PrivateKey | None = None) -> None:
+        super().__init__()
+        self.binding, self.recipients, self.check, self.private = binding, recipients or [], check, private
+        self.error: Exception | None = None
+        self.wrapped: str | None = None
+
+    def wrap_key(self, key_bytes: bytes, master_key_identifier: str) -> str:
+        self.wrapped = keys.wrap(bytes(key_bytes), self.recipients, self.binding, self.check)
+        return self.wrapped
+
+    def unwrap_key(self, wrapped_key: str, master_key_identifier: str) -> bytes:
+        self.wrapped = wrapped_key
+        if self.private is None:
+            self.error = ArchiveKeyError("missing_key", "encrypted; a recipient's private key is needed")
+            raise self.error
+        try:
+            return keys.unwrap(wrapped_key, self.private, self.binding)
+        except keys.KeyNotRecipient as exc:
+            self.error = ArchiveKeyError("wrong_key", f"key {exc} is not a recipient (recipients: "
+                                         f"{', '.join(keys.recipients_of(wrapped_key))})")
+        except keys.BindingMismatch as exc:
+            self.error = ArchiveKeyError("binding", f"its key is bound to {exc}, not to this archive and path "
+                                         "(file moved, swapped or altered)")
+        except (ValueError, KeyError, TypeError) as exc:
+            self.error = ArchiveKeyError("corrupt", f"its wrapped key is damaged ({type(exc).__name__})")
+        raise self.error
+
+
+def _encryption_config() -> pe.EncryptionConfiguration:
+    return pe.EncryptionConfiguration(
+        footer_key=MASTER_KEY_ID, uniform_encryption=True, encryption_algorithm="AES_GCM_V1",
+        plaintext_footer=False, double_wrapping=False, internal_key_material=True, data_key_length_bits=256)
+
+
+def _binding(archive_id: str, path: str) -> dict[str, str]:
+    return {"archive_id": archive_id, "file": path}
+
+
+def encryption_properties(recipients: list[X25519PublicKey], archive_id: str, path: str,
+                          check: X25519PublicKey | None = None) -> Any:
+    kms = _EnvelopeKms(_binding(archive_id, path), recipients=recipients, check=check)
+    factory = pe.CryptoFactory(lambda _config: kms)  # one factory per file: nothing cached across files
+    return factory.file_encryption_properties(pe.KmsConnectionConfig(), _encryption_config())
+
+
+def _decryption(private: X25519PrivateKey | None, archive_id: str, path: str) -> tuple[Any, _EnvelopeKms]:
+    kms = _EnvelopeKms(_binding(archive_id, path), private=private)
+    factory = pe.CryptoFactory(lambda _config: kms)
+    props = factory.file_decryption_properties(pe.KmsConnectionConfig(), pe.DecryptionConfiguration())
+    return props, kms
+
+
+def decryption_properties(private: X25519PrivateKey, archive_id: str, path: str) -> Any:
+    """Decryption properties for one archive file (for pyarrow users reading an archive directly)."""
+    return _decryption(private, archive_id, path)[0]
+
+
+def open_encrypted(file: Path, private: X25519PrivateKey | None, archive_id: str, path: str) -> pq.ParquetFile:
+    """Open an archive file for reading with page checksum verification, or raise ArchiveKeyError."""
+    props, kms = _decryption(private, archive_id, path)
+    try:
+        return pq.ParquetFile(file, decryption_properties=props, page_checksum_verification=True)
+    except (OSError, pa.ArrowException) as exc:
+        if kms.error is not None:
+            raise kms.error from None
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ArchiveKeyError("corrupt", f"not a readable encrypted Parquet file ({detail})") from None
+
+
+def read_all(parquet: pq.ParquetFile, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    """Every batch of a file, decrypting every page; damage surfaces as ArchiveKeyError('corrupt')."""
+    try:
+        yield from parquet.iter_batches(columns=columns, batch_size=64)
+    except (OSError, pa.ArrowException) as exc:
+        raise ArchiveKeyError("corrupt", f"a page does not decrypt or fails its checksum "
+                                         f"({str(exc).splitlines()[0]})") from None
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    path: str        # relative to the archive
+    rows: int
+    size: int
+    sha256: str
+    recipients: list[str]
+
+
+def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class EncryptedWriter:
+    """Collects batches for one archive file; `written` is set once the file is durable and proven."""
+
+    def __init__(self, writer: pq.ParquetWriter) -> None:
+        self._writer = writer
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch | pa.Table, row_group_size: int | None = None) -> None:
+        if isinstance(batch, pa.RecordBatch):
+            batch = pa.Table.from_batches([batch])
+        self._writer.write_table(batch, row_group_size=row_group_size)
+        self.rows += batch.num_rows
+
+
+@contextmanager
+def encrypted_file(archive_dir: Path, path: str, schema: pa.Schema, recipients: list[X25519PublicKey],
+                   archive_id: str, *, compression: str = "zstd", before_commit: Any = None
+                   ) -> Iterator[tuple[EncryptedWriter, list[WrittenFile]]]:
+    """Write one archive file atomically: temp name, encrypt, fsync, test decrypt, rename.
+
+    The test decrypt uses a check key made for this file alone and discarded after (section 2).
+    Yields (writer, result); `result[0]` is the WrittenFile after the with-block.
+    """
+    final = archive_dir / path
+    check = X25519PrivateKey.generate()
+    props = encryption_properties(recipients, archive_id, path, check.public_key())
+    result: list[WrittenFile] = []
+    with atomic_path(final) as tmp:
+        with pq.ParquetWriter(tmp, schema, compression=compression, encryption_properties=props,
+                              write_page_checksum=True, use_dictionary=False) as parquet_writer:
+            writer = EncryptedWriter(parquet_writer)
+            yield writer, result
+        with tmp.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        proven = 0
+        for batch in read_all(open_encrypted(tmp, check, archive_id, path)):
+            proven += batch.num_rows
+        if proven != writer.rows:
+            raise ArchiveKeyError("corrupt", f"{path}: test decrypt read {proven} rows of {writer.rows}")
+        if before_commit is not None:
+            before_commit()
+        result.append(WrittenFile(path, writer.rows, tmp.stat().st_size, _sha256(tmp),
+                                  [keys.fingerprint(r) for r in recipients]))
+    del check

@@ -1,0 +1,210 @@
+"""The backup stage: encrypted archive of the source, resumable after kill -9, honest about changes and faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from conftest import decom_cmd
+
+from decom import api
+from decom.archive.keys import generate, load_private
+from decom.archive.manifest import read_manifest
+from decom.archive.pme import open_encrypted, read_all
+from decom.cli import run_cli
+from decom.demo.generator import DemoSpec, build_demo
+
+
+def backup_plan(folder: Path, url: str, content: Path, *, target: str = "archives", part_mb: int = 1) -> Path:
+    keys = folder / "keys"
+    if not (keys / "auditor.key").exists():
+        generate("recipient", keys / "auditor")
+        generate("signing", keys / "signing")
+    plan = folder / "backup-plan.toml"
+    plan.write_text(f'''[plan]
+name = "backup-test"
+owner = "Test Operator"
+
+[source]
+adapter = "demo"
+url = "{url}"
+content_root = "{content}"
+
+[archive]
+target = "{target}"
+recipients = ["keys/auditor.pub"]
+signing_key_file = "keys/signing.key"
+
+[[stages]]
+kind = "inventory"
+freeze_at = 2026-11-20T18:00:00Z
+
+[[stages]]
+kind = "backup"
+part_mb = {part_mb}
+verify_after = "none"
+
+[[accept]]
+stage = "inventory"
+match = "missing from the content root"
+by = "Test Operator"
+reason = "planted by the demo generator"
+''', encoding="utf-8")
+    return plan
+
+
+@pytest.fixture
+def demo(tmp_path: Path):  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'legacy.sqlite'}"
+    facts = build_demo(url, tmp_path / "content", DemoSpec(documents=200))
+    return url, tmp_path / "content", facts
+
+
+def archive_of(plan: Path, target: Path | None = None) -> Path:
+    archives = [p for p in (target or plan.parent / "archives").iterdir() if p.is_dir()]
+    assert len(archives) == 1, archives
+    return archives[0]
+
+
+def decrypted(archive: Path, key_file: Path) -> dict[str, object]:
+    """What an archive holds, decrypted: every data table and every version's chunks joined."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    key = load_private(key_file, X25519PrivateKey)
+    manifest, _ = read_manifest(archive)
+    held: dict[str, object] = {"versions": [{k: v for k, v in e.items() if k != "part"} for e in manifest["versions"]],
+                               "counts": manifest["counts"]}
+    for entry in manifest["files"]:
+        parquet = open_encrypted(archive / entry["path"], key, manifest["archive_id"], entry["path"])
+        table = pa.Table.from_batches(list(read_all(parquet)), schema=parquet.schema_arrow)
+        assert table.num_rows == entry["rows"]
+        if entry["kind"] == "data":
+            held[entry["path"]] = table.to_pylist()
+    return held
+
+
+def test_backup_writes_a_signed_encrypted_archive_of_every_entity_and_version(demo, tmp_path: Path) -> None:
+    url, content, facts = demo
+    plan = backup_plan(tmp_path, url, content)
+    assert run_cli(["--quiet", "run", str(plan)]) == 0
+    archive = archive_of(plan)
+    manifest, _ = read_manifest(archive)
+    assert manifest["counts"]["documents"] == facts.documents
+    versions = manifest["versions"]
+    assert len(versions) == facts.versions
+    assert [v["version_id"] for v in versions if v.get("missing")] != []
+    for path in archive.rglob("*.parquet"):
+        assert path.read_bytes()[-4:] == b"PARE", f"{path} has no encrypted footer"
+    # bytes in the archive are the bytes of the content folder
+    held = {(v["document_id"], v["version_id"]): v for v in versions}
+    table = pa.Table.from_pylist(decrypted(archive, tmp_path / "keys" / "auditor.key")["data/versions.parquet"])
+    for row in table.to_pylist()[:50]:
+        entry = held[(row["document_id"], row["version_id"])]
+        source = content / row["content_ref"]
+        if source.exists():
+            import hashlib
+
+            assert entry["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    journal = (tmp_path / "backup-plan.state" / "journal.jsonl").read_text(encoding="utf-8")
+    assert manifest["signer"]["fingerprint"] in journal, "the signer's fingerprint must be in the journal"
+
+
+CRASH_POINTS = ["open@done", "data:versions@inside", "data:users@written", "parts@inside",
+                "content:000001@done", "content:000002@inside", "content:000002@written", "manifest@inside"]
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_backup_killed_anywhere_resumes_to_the_same_archive_content(demo, tmp_path: Path, point: str) -> None:
+    url, content, _ = demo
+    reference_dir, crashed_dir = tmp_path / "reference", tmp_path / "crashed"
+    reference_dir.mkdir()
+    crashed_dir.mkdir()
+    reference = backup_plan(reference_dir, url, content)
+    api.run(reference)
+    plan = backup_plan(crashed_dir, url, content)
+    killed = subprocess.run([*decom_cmd(), "--quiet", "run", str(plan)], capture_output=True, text=True,
+                            env={**os.environ, "DECOM_TEST_CRASHPOINT": point})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = subprocess.run([*decom_cmd(), "--quiet", "run", str(plan)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+
+    archive = archive_of(plan)
+    manifest, _ = read_manifest(archive)
+    listed = {f["path"] for f in manifest["files"]}
+    on_disk = {str(p.relative_to(archive)) for p in archive.rglob("*") if p.is_file()}
+    assert on_disk == listed | {"manifest.json", "manifest.sig"}, "an untracked or temporary file was left"
+    ids = [(v["document_id"], v["version_id"]) for v in manifest["versions"]]
+    assert len(ids) == len(set(ids)), "a version was archived twice"
+    # Same content as an uninterrupted run (keys, ids and encryption differ; what they hold does not).
+    assert decrypted(archive, crashed_dir / "keys" / "auditor.key") == \
+        decrypted(archive_of(reference), reference_dir / "keys" / "auditor.key")
+
+
+def test_content_changed_after_the_inventory_is_reported_not_archived_silently(demo, tmp_path: Path) -> None:
+    url, content, _ = demo
+    plan = backup_plan(tmp_path, url, content)
+    assert run_cli(["--quiet", "run", str(plan), "--stage", "inventory"]) == 0
+    victim = sorted(p for p in (content / "store").rglob("*") if p.is_file() and p.stat().st_size > 0)[0]
+    victim.write_bytes(victim.read_bytes() + b" (edited after the freeze)")
+    assert run_cli(["--quiet", "run", str(plan)]) == 0
+    journal = [json.loads(line) for line in
+               (tmp_path / "backup-plan.state" / "journal.jsonl").read_text(encoding="utf-8").splitlines()]
+    changed = [e["details"]["outputs"]["changed_since_inventory_ids"] for e in journal
+               if e["event"] == "step_done" and e["details"]["stage"] == "backup"
+               and e["details"]["step"].startswith("content:")]
+    assert sum(len(ids) for ids in changed) == 1
+
+
+def test_archive_target_that_cannot_be_created_is_one_clear_error(demo, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    url, content, _ = demo
+    (tmp_path / "blocked").write_text("a file where the archive folder should go", encoding="utf-8")
+    plan = backup_plan(tmp_path, url, content, target="blocked/archives")
+    assert run_cli(["--quiet", "run", str(plan)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("decom: error: cannot create the archive folder") and err.count("\n") == 1
+
+
+def test_disk_full_mid_backup_leaves_nothing_half_written_and_resumes_once_space_is_freed(
+        demo, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A real full disk: the archive target is a 1 MiB tmpfs (this needs root, as `make test` has)."""
+    url, content, _ = demo
+    target = tmp_path / "small-disk"
+    target.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(target)], capture_output=True)
+    assert mounted.returncode == 0, f"cannot mount a tmpfs for the disk-full test: {mounted.stderr!r}"
+    try:
+        plan = backup_plan(tmp_path, url, content, target=str(target))
+        assert run_cli(["--quiet", "run", str(plan)]) == 2
+        err = capsys.readouterr().err
+        assert "disk full while writing" in err and err.count("\n") == 1
+        archive = archive_of(plan, target)
+        assert not [p for p in archive.rglob("*") if ".tmp-" in p.name], "a partial file was left behind"
+        assert not (archive / "manifest.json").exists(), "an incomplete archive must not look complete"
+
+        subprocess.run(["mount", "-o", "remount,size=64m", str(target)], check=True)
+        assert run_cli(["--quiet", "run", str(plan)]) == 0
+        assert (archive / "manifest.json").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+@pytest.mark.parametrize("server", ["pg_url", "mariadb_url"])
+def test_database_sources_archive_the_same_versions_as_sqlite(server: str, tmp_path: Path,
+                                                               request: pytest.FixtureRequest) -> None:
+    results = {}
+    for name, url in (("sqlite", f"sqlite:///{tmp_path / 'legacy.sqlite'}"), (server, request.getfixturevalue(server))):
+        folder = tmp_path / name
+        folder.mkdir()
+        build_demo(url, folder / "content", DemoSpec(documents=80))
+        plan = backup_plan(folder, url, folder / "content")
+        api.run(plan)
+        manifest, _ = read_manifest(archive_of(plan))
+        results[name] = ([{k: v for k, v in e.items() if k != "part"} for e in manifest["versions"]],
+                         manifest["counts"], manifest["merkle_root"])
+    assert results["sqlite"] == results[server]
