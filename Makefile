@@ -29,15 +29,21 @@ demo-data: install
 	@if [ ! -f $(DEMO_DIR)/legacy.sqlite ]; then \
 	  $(DECOM) demo build --out $(DEMO_DIR) --documents 2000; \
 	else echo "demo EDM already in $(DEMO_DIR)/ (make clean to rebuild)"; fi
+	@# The auditor's key pair (decrypts archives) and the operator's signing key (signs manifests).
+	@[ -f $(DEMO_DIR)/keys/auditor.key ] || $(DECOM) keys generate --kind recipient --out $(DEMO_DIR)/keys/auditor
+	@[ -f $(DEMO_DIR)/keys/signing.key ] || $(DECOM) keys generate --kind signing --out $(DEMO_DIR)/keys/signing
 
 demo: demo-data ## build the demo legacy EDM and run plans/demo.toml end to end
 	$(DECOM) validate plans/demo.toml
 	$(DECOM) plan plans/demo.toml
 	$(DECOM) run plans/demo.toml
 	$(DECOM) status plans/demo.toml
+	$(DECOM) verify "$$(ls -d $(DEMO_DIR)/archives/*/ | tail -n 1)" --full \
+	  --key-file $(DEMO_DIR)/keys/auditor.key --signer-key $(DEMO_DIR)/keys/signing.pub
 	@echo; echo "Dry-run report: plans/demo.state/reports/plan-report.html (also .md, .json)"; \
 	 echo "Inventory:      plans/demo.state/stages/inventory/summary.json"; \
 	 echo "Access audit:   plans/demo.state/stages/access_audit/exports/ (users, permissions, findings)"; \
+	 echo "Archive:        $(DEMO_DIR)/archives/ (encrypted Parquet + signed manifest; docs/archive-format.md)"; \
 	 echo "Undo lock-down: .venv/bin/decom undo plans/demo.toml --stage access_audit [--dry-run]"
 
 test: install services ## install, start the services, run the whole suite

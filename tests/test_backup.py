@@ -208,3 +208,41 @@ def test_database_sources_archive_the_same_versions_as_sqlite(server: str, tmp_p
         results[name] = ([{k: v for k, v in e.items() if k != "part"} for e in manifest["versions"]],
                          manifest["counts"], manifest["merkle_root"])
     assert results["sqlite"] == results[server]
+
+
+def test_versions_of_every_size_are_chunked_hashed_and_reassembled_exactly(demo, tmp_path: Path) -> None:
+    """Exactly one chunk, several chunks read ahead, a large version streamed, and an empty one."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    url, content, facts = demo
+    files = sorted(p for p in (content / "store").rglob("*") if p.is_file() and p.stat().st_size > 0)
+    sizes = {files[0]: 1 << 20, files[1]: 2 << 20, files[2]: (5 << 20) + 12345, files[3]: 3}
+    for path, size in sizes.items():
+        path.write_bytes(os.urandom(size))
+    plan = backup_plan(tmp_path, url, content)
+    assert run_cli(["--quiet", "run", str(plan), "--stage", "backup"]) == 0
+    archive = archive_of(plan)
+    manifest, _ = read_manifest(archive)
+    key = load_private(tmp_path / "keys" / "auditor.key", X25519PrivateKey)
+    versions_table = decrypted(archive, tmp_path / "keys" / "auditor.key")["data/versions.parquet"]
+    ref_of = {r["version_id"]: r["content_ref"] for r in versions_table}  # type: ignore[union-attr]
+    by_ref = {ref_of[v["version_id"]]: v for v in manifest["versions"]}
+    chunks: dict[str, list[tuple[int, bytes]]] = {}
+    for entry in manifest["files"]:
+        if entry["kind"] == "content":
+            parquet = open_encrypted(archive / entry["path"], key, manifest["archive_id"], entry["path"])
+            for batch in read_all(parquet):
+                for row in batch.to_pylist():
+                    assert hashlib.sha256(row["bytes"]).hexdigest() == row["chunk_sha256"]
+                    assert len(row["bytes"]) <= 1 << 20
+                    chunks.setdefault(row["version_id"], []).append((row["chunk_index"], row["bytes"]))
+    for path, size in sizes.items():
+        entry = by_ref[str(path.relative_to(content))]
+        data = path.read_bytes()
+        assert (entry["size"], entry["sha256"]) == (size, hashlib.sha256(data).hexdigest())
+        assert entry["chunks"] == max(1, -(-size // (1 << 20)))
+        assert b"".join(b for _, b in sorted(chunks[entry["version_id"]])) == data
+    empty = by_ref[facts.zero_byte_refs[0]]
+    assert (empty["size"], empty["chunks"], empty["sha256"]) == (0, 1, hashlib.sha256(b"").hexdigest())

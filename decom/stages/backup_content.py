@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -121,45 +125,117 @@ def _inventory_hashes(ctx: StageContext) -> dict[str, str]:
 
 
 class _PartBuffer:
+    """Collects chunk rows into row groups of ~16 MiB and writes them on a writer thread.
+
+    pyarrow encodes and encrypts without the GIL, so writing one row group overlaps reading and
+    hashing the next. At most one write is pending: memory stays at about two row groups.
+    """
+
     def __init__(self, writer: Any) -> None:
         self.writer, self.bytes = writer, 0
         self.columns: dict[str, list[Any]] = {n: [] for n in CONTENT_SCHEMA.names}
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="content-writer")
+        self.pending: Future[None] | None = None
 
     def add(self, **row: Any) -> None:
         for name, value in row.items():
             self.columns[name].append(value)
         self.bytes += len(row["bytes"])
         if self.bytes >= ROW_GROUP_BYTES:
-            self.flush()
+            self.flush(wait=False)
 
-    def flush(self) -> None:
+    def _wait(self) -> None:
+        if self.pending is not None:
+            self.pending.result()  # re-raises a write error (e.g. disk full) here
+            self.pending = None
+
+    def flush(self, wait: bool = True) -> None:
         if self.columns["version_id"]:
             table = pa.table(self.columns, schema=CONTENT_SCHEMA)
-            self.writer.write(table, row_group_size=table.num_rows)
             self.columns, self.bytes = {n: [] for n in CONTENT_SCHEMA.names}, 0
+            self._wait()
+            self.pending = self.pool.submit(self.writer.write, table, table.num_rows)
+        if wait:
+            self._wait()
+
+    def close(self) -> None:
+        try:
+            self._wait()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
-def _stream_version(ctx: StageContext, row: dict[str, Any], buffer: _PartBuffer, part: str) -> dict[str, Any]:
+def _read_version(ctx: StageContext, row: dict[str, Any]) -> Iterator[tuple[bytes, str]]:
+    """(chunk, chunk SHA-256) of one version, in order; one empty chunk for empty content."""
+    with ctx.adapter.open_content(row) as stream:
+        block = stream.read(CHUNK)
+        following = stream.read(CHUNK) if len(block) == CHUNK else b""
+        if not following:  # one chunk: its hash is the version's hash, computed once
+            yield block, hashlib.sha256(block).hexdigest()
+            return
+        while block:
+            yield block, hashlib.sha256(block).hexdigest()
+            block, following = following, stream.read(CHUNK) if following else b""
+
+
+def _produce(ctx: StageContext, rows: list[dict[str, Any]], out: queue.Queue[Any], stop: threading.Event) -> None:
+    """Reader thread: read and hash small versions ahead of the writer (reads and hashing release the GIL).
+
+    Puts (row, chunks, version_sha256): chunks a list for small versions (hash known), a generator
+    for large ones (hashed by the writer as it streams them), None when the content is missing.
+    """
+    try:
+        for row in rows:
+            if stop.is_set():
+                return
+            try:
+                if int(row.get("size_bytes") or 0) <= SMALL_VERSION:
+                    chunks = list(_read_version(ctx, row))
+                    out.put((row, chunks, _joined_sha256(chunks)))
+                else:
+                    out.put((row, _read_version(ctx, row), None))
+            except FileNotFoundError:
+                out.put((row, None, None))
+        out.put(_DONE)
+    except BaseException as exc:  # hand any failure to the writer thread, which raises it
+        out.put(exc)
+
+
+def _joined_sha256(chunks: list[tuple[bytes, str]]) -> str:
+    if len(chunks) == 1:
+        return chunks[0][1]
+    digest = hashlib.sha256()
+    for block, _ in chunks:
+        digest.update(block)
+    return digest.hexdigest()
+
+
+_DONE = object()
+PREFETCH = 16
+SMALL_VERSION = 4 * CHUNK
+
+
+def _write_version(ctx: StageContext, row: dict[str, Any], chunks: Iterable[tuple[bytes, str]] | None,
+                   known_sha: str | None, buffer: _PartBuffer, part: str) -> dict[str, Any]:
     entry: dict[str, Any] = {"document_id": row["document_id"], "version_id": row["version_id"]}
-    digest, offset, index = hashlib.sha256(), 0, 0
+    if chunks is None:
+        return {**entry, "missing": True}
+    digest = hashlib.sha256() if known_sha is None else None
+    offset, index = 0, 0
     bar = ctx.cache.get("bar")
     try:
-        with ctx.adapter.open_content(row) as stream:
-            while True:
-                block = stream.read(CHUNK)
-                if not block and index > 0:
-                    break
+        for block, chunk_sha in chunks:
+            if digest is not None:
                 digest.update(block)
-                buffer.add(document_id=row["document_id"], version_id=row["version_id"], chunk_index=index,
-                           offset=offset, bytes=block, chunk_sha256=hashlib.sha256(block).hexdigest())
-                offset, index = offset + len(block), index + 1
-                if bar is not None:
-                    bar.update(len(block))
-                if not block:
-                    break
+            buffer.add(document_id=row["document_id"], version_id=row["version_id"], chunk_index=index,
+                       offset=offset, bytes=block, chunk_sha256=chunk_sha)
+            offset, index = offset + len(block), index + 1
+            if bar is not None:
+                bar.update(len(block))
     except FileNotFoundError:
         return {**entry, "missing": True}
-    return {**entry, "size": offset, "sha256": digest.hexdigest(), "part": part, "chunks": index}
+    sha = known_sha if digest is None else digest.hexdigest()
+    return {**entry, "size": offset, "sha256": sha, "part": part, "chunks": index}
 
 
 def write_part(ctx: StageContext, number: int) -> dict[str, Any]:
@@ -173,16 +249,35 @@ def write_part(ctx: StageContext, number: int) -> dict[str, Any]:
     path = f"content/part-{number:06d}.parquet"
     inventory = _inventory_hashes(ctx)
     versions, changed = [], []
-    with encrypted_file(Path(opened["archive_dir"]), path, CONTENT_SCHEMA, recipients(ctx), opened["archive_id"],
-                        compression="none", before_commit=lambda: ctx.crashpoint("inside")) as (writer, done):
-        buffer = _PartBuffer(writer)
-        for row in rows:
-            entry = _stream_version(ctx, row, buffer, path)
-            versions.append(entry)
-            known = inventory.get(row["version_id"])
-            if known and entry.get("sha256") and known != entry["sha256"]:
-                changed.append(row["version_id"])
-        buffer.flush()
+    ahead: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH)
+    stop = threading.Event()
+    reader = threading.Thread(target=_produce, args=(ctx, rows, ahead, stop), daemon=True, name="content-reader")
+    reader.start()
+    try:
+        with encrypted_file(Path(opened["archive_dir"]), path, CONTENT_SCHEMA, recipients(ctx),
+                            opened["archive_id"], compression="none", before_commit=lambda: ctx.crashpoint("inside"),
+                            proof_columns=["version_id", "chunk_index", "chunk_sha256"]) as (writer, done):
+            buffer = _PartBuffer(writer)
+            while (item := ahead.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                row, chunks, known_sha = item
+                entry = _write_version(ctx, row, chunks, known_sha, buffer, path)
+                versions.append(entry)
+                known = inventory.get(row["version_id"])
+                if known and entry.get("sha256") and known != entry["sha256"]:
+                    changed.append(row["version_id"])
+            try:
+                buffer.flush()
+            finally:
+                buffer.close()
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting on a full queue, then let it end
+            try:
+                ahead.get_nowait()
+            except queue.Empty:
+                reader.join(timeout=0.05)
     sidecar = ctx.stage_dir / "content" / f"part-{number:06d}.json"
     write_json(sidecar, {"versions": versions, "changed_since_inventory": changed})
     return {"kind": "content", **vars(done[0]), "file": str(sidecar.relative_to(ctx.state_dir)),
