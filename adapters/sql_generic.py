@@ -60,6 +60,8 @@ class ContentRule:
         self.where = where
         self.content_root = content_root
         self.query = table.get("query")
+        # Optional: "SELECT id AS content_ref, data FROM blobs" — fetched for many versions at once.
+        self.bulk_query = table.get("bulk_query")
         if self.kind not in {"path", "blob"}:
             raise UserError(f"{where}: kind must be 'path' or 'blob', not {self.kind!r}")
         if self.kind == "blob" and not self.query:
@@ -262,6 +264,52 @@ class SqlGenericAdapter:
         if not ref:
             raise FileNotFoundError(f"version {version.get('version_id')} has no content_ref")
         return self.content.open(self.engine, str(ref))
+
+    def open_many(self, versions: list[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], BinaryIO | None]]:
+        """(version, stream or None when missing) for many versions; one query per batch for blobs.
+
+        With [content] bulk_query the blobs of a whole batch come in one round trip (over ADBC for
+        PostgreSQL); otherwise each version is opened on its own.
+        """
+        if self.content.kind != "blob" or not self.content.bulk_query:
+            for version in versions:
+                try:
+                    yield version, self.open_content(version)
+                except FileNotFoundError:
+                    yield version, None
+            return
+        for start in range(0, len(versions), 500):
+            batch = versions[start:start + 500]
+            blobs = self._fetch_blobs([str(v["content_ref"]) for v in batch if v.get("content_ref")])
+            for version in batch:
+                data = blobs.get(str(version.get("content_ref")))
+                yield version, None if data is None else io.BytesIO(data)
+
+    def _fetch_blobs(self, refs: list[str]) -> dict[str, bytes]:
+        if not refs:
+            return {}
+        # Bind ids as integers when they are: the database then uses its index on an integer key.
+        values: list[Any] = [int(r) for r in refs] if all(r.isdigit() for r in refs) else refs
+        query = (sa.select(sa.literal_column("q.content_ref"), sa.literal_column("q.data"))
+                 .select_from(sa.text(f"({self.content.bulk_query}) q"))
+                 .where(sa.literal_column("q.content_ref").in_(values)))
+        try:
+            uri = adbc_uri(self.engine.url)
+            if uri is not None:
+                sql = str(query.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
+                _, batches = read_adbc(uri, sql, 1 << 16)
+                found: dict[str, bytes] = {}
+                for batch in batches:
+                    refs_column, data_column = batch.column(0).to_pylist(), batch.column(1)
+                    for index, ref in enumerate(refs_column):
+                        found[str(ref)] = data_column[index].as_py()
+                return found
+            with self.engine.connect() as conn:
+                return {str(ref): bytes(data) for ref, data in conn.execute(query) if data is not None}
+        except (SQLAlchemyError, AdbcError) as exc:
+            detail = str(getattr(exc, "orig", exc)).splitlines()[0]
+            raise UserError(f"{self.mapping_path}: [content] bulk_query failed on {redact_url(self.config.url)}: "
+                            f"{detail}") from None
 
     def open_signature(self, signature: Mapping[str, Any]) -> BinaryIO:
         ref = signature.get("signature_ref")

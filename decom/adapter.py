@@ -76,6 +76,9 @@ class LegacyAdapter(Protocol):
         Raises FileNotFoundError when the record points at content that is not there.
         """
 
+    def open_many(self, versions: list[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], BinaryIO | None]]:
+        """(version, stream, or None when its content is missing) for many versions, in order."""
+
     def content_files(self) -> Iterator[tuple[str, int]]:
         """Every file under the content root as (relative POSIX path, size); empty for blob sources."""
 

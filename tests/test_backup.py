@@ -246,3 +246,49 @@ def test_versions_of_every_size_are_chunked_hashed_and_reassembled_exactly(demo,
         assert b"".join(b for _, b in sorted(chunks[entry["version_id"]])) == data
     empty = by_ref[facts.zero_byte_refs[0]]
     assert (empty["size"], empty["chunks"], empty["sha256"]) == (0, 1, hashlib.sha256(b"").hexdigest())
+
+
+def _blob_source(url: str, folder: Path) -> tuple[Path, dict[str, str]]:
+    """The demo with its bytes moved into a blob table, and a mapping that reads them from there."""
+    import hashlib
+
+    import sqlalchemy as sa
+
+    content = folder / "content"
+    build_demo(url, content, DemoSpec(documents=40))
+    engine = sa.create_engine(url)
+    blob_type = sa.LargeBinary().with_variant(sa.dialects.mysql.LONGBLOB(), "mysql", "mariadb")
+    blobs = sa.Table("doc_blob", sa.MetaData(), sa.Column("file_id", sa.Integer, primary_key=True),
+                     sa.Column("data", blob_type))
+    blobs.create(engine)
+    expected = {}
+    with engine.begin() as conn:
+        for file_id, path in conn.execute(sa.text("SELECT id, storage_path FROM doc_file")).all():
+            source = content / path
+            if source.exists():
+                conn.execute(blobs.insert().values(file_id=file_id, data=source.read_bytes()))
+                expected[str(file_id)] = hashlib.sha256(source.read_bytes()).hexdigest()
+    engine.dispose()
+    mapping = (Path(__file__).resolve().parent.parent / "adapters" / "demo_mapping.toml").read_text(encoding="utf-8")
+    mapping = mapping.replace("v.storage_path AS content_ref", "v.id AS content_ref")
+    mapping = mapping.replace('[content]\n', '[content]\nquery = "SELECT data FROM doc_blob WHERE file_id = :content_ref"\n'
+                              'bulk_query = "SELECT file_id AS content_ref, data FROM doc_blob"\n', 1)
+    mapping = mapping.replace('kind = "path"', 'kind = "blob"', 1)
+    path = folder / "blob_mapping.toml"
+    path.write_text(mapping, encoding="utf-8")
+    return path, expected
+
+
+@pytest.mark.parametrize("server", ["pg_url", "mariadb_url"])
+def test_blob_content_in_the_database_is_archived_in_bulk(server: str, tmp_path: Path,
+                                                          request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue(server)
+    mapping, expected = _blob_source(url, tmp_path)
+    plan = backup_plan(tmp_path, url, tmp_path / "no-content-folder")
+    text = plan.read_text(encoding="utf-8").replace('adapter = "demo"', f'adapter = "sql_generic"\nmapping = "{mapping}"')
+    plan.write_text(text.replace(f'content_root = "{tmp_path / "no-content-folder"}"\n', ""), encoding="utf-8")
+    assert run_cli(["--quiet", "run", str(plan), "--stage", "backup"]) == 0
+    manifest, _ = read_manifest(archive_of(plan))
+    archived = {v["version_id"]: v.get("sha256") for v in manifest["versions"]}
+    assert {k: v for k, v in archived.items() if v} == expected
+    assert [k for k, v in archived.items() if v is None] != [], "the demo's missing file stays missing"

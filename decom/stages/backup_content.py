@@ -165,9 +165,9 @@ class _PartBuffer:
             self.pool.shutdown(wait=True)
 
 
-def _read_version(ctx: StageContext, row: dict[str, Any]) -> Iterator[tuple[bytes, str]]:
-    """(chunk, chunk SHA-256) of one version, in order; one empty chunk for empty content."""
-    with ctx.adapter.open_content(row) as stream:
+def _read_version(stream: Any) -> Iterator[tuple[bytes, str]]:
+    """(chunk, chunk SHA-256) of one version's stream, in order; one empty chunk for empty content."""
+    with stream:
         block = stream.read(CHUNK)
         following = stream.read(CHUNK) if len(block) == CHUNK else b""
         if not following:  # one chunk: its hash is the version's hash, computed once
@@ -185,17 +185,16 @@ def _produce(ctx: StageContext, rows: list[dict[str, Any]], out: queue.Queue[Any
     for large ones (hashed by the writer as it streams them), None when the content is missing.
     """
     try:
-        for row in rows:
+        for row, stream in ctx.adapter.open_many(rows):
             if stop.is_set():
                 return
-            try:
-                if int(row.get("size_bytes") or 0) <= SMALL_VERSION:
-                    chunks = list(_read_version(ctx, row))
-                    out.put((row, chunks, _joined_sha256(chunks)))
-                else:
-                    out.put((row, _read_version(ctx, row), None))
-            except FileNotFoundError:
+            if stream is None:
                 out.put((row, None, None))
+            elif int(row.get("size_bytes") or 0) <= SMALL_VERSION:
+                chunks = list(_read_version(stream))
+                out.put((row, chunks, _joined_sha256(chunks)))
+            else:
+                out.put((row, _read_version(stream), None))
         out.put(_DONE)
     except BaseException as exc:  # hand any failure to the writer thread, which raises it
         out.put(exc)
