@@ -271,8 +271,9 @@ def _blob_source(url: str, folder: Path) -> tuple[Path, dict[str, str]]:
     engine.dispose()
     mapping = (Path(__file__).resolve().parent.parent / "adapters" / "demo_mapping.toml").read_text(encoding="utf-8")
     mapping = mapping.replace("v.storage_path AS content_ref", "v.id AS content_ref")
-    mapping = mapping.replace('[content]\n', '[content]\nquery = "SELECT data FROM doc_blob WHERE file_id = :content_ref"\n'
-                              'bulk_query = "SELECT file_id AS content_ref, data FROM doc_blob"\n', 1)
+    blob_rule = ('[content]\nquery = "SELECT data FROM doc_blob WHERE file_id = :content_ref"\n'
+                 'bulk_query = "SELECT file_id AS content_ref, data FROM doc_blob"\n')
+    mapping = mapping.replace('[content]\n', blob_rule, 1)
     mapping = mapping.replace('kind = "path"', 'kind = "blob"', 1)
     path = folder / "blob_mapping.toml"
     path.write_text(mapping, encoding="utf-8")
@@ -285,7 +286,8 @@ def test_blob_content_in_the_database_is_archived_in_bulk(server: str, tmp_path:
     url = request.getfixturevalue(server)
     mapping, expected = _blob_source(url, tmp_path)
     plan = backup_plan(tmp_path, url, tmp_path / "no-content-folder")
-    text = plan.read_text(encoding="utf-8").replace('adapter = "demo"', f'adapter = "sql_generic"\nmapping = "{mapping}"')
+    text = plan.read_text(encoding="utf-8").replace('adapter = "demo"',
+                                                    f'adapter = "sql_generic"\nmapping = "{mapping}"')
     plan.write_text(text.replace(f'content_root = "{tmp_path / "no-content-folder"}"\n', ""), encoding="utf-8")
     assert run_cli(["--quiet", "run", str(plan), "--stage", "backup"]) == 0
     manifest, _ = read_manifest(archive_of(plan))
