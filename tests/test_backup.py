@@ -294,3 +294,21 @@ def test_blob_content_in_the_database_is_archived_in_bulk(server: str, tmp_path:
     archived = {v["version_id"]: v.get("sha256") for v in manifest["versions"]}
     assert {k: v for k, v in archived.items() if v} == expected
     assert [k for k, v in archived.items() if v is None] != [], "the demo's missing file stays missing"
+
+
+@pytest.mark.parametrize("server", ["pg_url", "mariadb_url"])
+def test_backup_of_a_database_source_killed_inside_a_part_resumes_completely(
+        server: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    url = request.getfixturevalue(server)
+    facts = build_demo(url, tmp_path / "content", DemoSpec(documents=150))
+    plan = backup_plan(tmp_path, url, tmp_path / "content")
+    for point in ("data:documents@inside", "content:000002@inside"):
+        killed = subprocess.run([*decom_cmd(), "--quiet", "run", str(plan)], capture_output=True, text=True,
+                                env={**os.environ, "DECOM_TEST_CRASHPOINT": point})
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = subprocess.run([*decom_cmd(), "--quiet", "run", str(plan)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    manifest, _ = read_manifest(archive_of(plan))
+    ids = [v["version_id"] for v in manifest["versions"]]
+    assert len(ids) == len(set(ids)) == facts.versions
+    assert manifest["counts"]["documents"] == facts.documents
