@@ -1,0 +1,255 @@
+"""Restore document versions from an archive, without the source system.
+
+The manifest's signature is checked first against a signer key trusted from elsewhere; every
+archive file read is checked against the manifest's size and SHA-256 before it is decrypted; every
+restored version is checked against the manifest's SHA-256 and size before it gets its final name.
+Each version lands at `<to>/<document_id>/<version_no>-<file_name>`, written under a temporary name
+and linked into place, so an existing file is never overwritten and a failed restore leaves no
+half-written file.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from decom.archive.keys import fingerprint
+from decom.archive.manifest import SIGNATURE, read_manifest, signature_problem
+from decom.archive.pme import ArchiveKeyError, open_encrypted, read_all
+from decom.archive.verify import check_signer
+from decom.errors import UserError
+from decom.fileio import fsync_dir
+from decom.progress import QUIET, Progress
+
+NAME_BYTES = 200
+_TMP = ".restore-tmp-"
+
+
+class ArchiveIntegrityError(UserError):
+    """The archive does not match its signed manifest: nothing unverified is restored. Exit 1."""
+
+    exit_code = 1
+
+
+def safe_name(text: object, fallback: str) -> str:
+    """One path component: no separators, no `..`, no control characters, at most 200 UTF-8 bytes."""
+    name = "".join("_" if ch in "/\\" or ord(ch) < 32 or ord(ch) == 127 else ch for ch in str(text or ""))
+    while ".." in name:
+        name = name.replace("..", "_")
+    name = name.strip()
+    if name in ("", "."):
+        name = fallback
+    while len(name.encode()) > NAME_BYTES:
+        name = name[:-1]
+    return name
+
+
+@dataclass
+class _Target:
+    version: dict[str, Any]        # the manifest's entry
+    path: Path
+    tmp: Path | None = None
+    handle: IO[bytes] | None = None
+    digest: Any = field(default_factory=hashlib.sha256)
+    size: int = 0
+    chunks: int = 0
+
+
+class _Archive:
+    def __init__(self, archive: Path, private: X25519PrivateKey, signer: Ed25519PublicKey | str) -> None:
+        self.dir = archive
+        if not archive.is_dir():
+            raise UserError(f"{archive} is not a folder")
+        self.manifest, raw = read_manifest(archive)
+        reason = signature_problem(archive, raw, check_signer(signer))
+        if reason is not None:
+            raise ArchiveIntegrityError(f"refusing to restore from {archive}: {SIGNATURE}: {reason}")
+        self.id = str(self.manifest.get("archive_id"))
+        self.private = private
+        mine = fingerprint(private.public_key())
+        recipients = self.manifest.get("recipients") or []
+        if mine not in recipients:
+            raise UserError(f"wrong key: {mine} is not a recipient of {archive} "
+                            f"(recipients: {', '.join(map(str, recipients))})")
+        self.files = {f["path"]: f for f in self.manifest.get("files", []) if isinstance(f, dict)}
+
+    def open(self, path: str) -> pq.ParquetFile:
+        """Open a listed file after checking its size and SHA-256 against the manifest."""
+        entry = self.files.get(path)
+        if entry is None:
+            raise ArchiveIntegrityError(f"{self.dir}: the manifest lists no {path}")
+        file = self.dir / path
+        try:
+            size = file.stat().st_size
+            with file.open("rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        except FileNotFoundError:
+            raise ArchiveIntegrityError(f"{self.dir}: {path} is missing") from None
+        if size != entry["size"] or digest != entry["sha256"]:
+            raise ArchiveIntegrityError(f"{self.dir}: {path} does not match the manifest (size {size} vs "
+                                        f"{entry['size']}, SHA-256 {digest} vs {entry['sha256']}); run decom verify")
+        try:
+            return open_encrypted(file, self.private, self.id, path)
+        except ArchiveKeyError as exc:
+            if exc.kind == "wrong_key":
+                raise UserError(f"{self.dir}: {path}: wrong key: {exc}") from None
+            raise ArchiveIntegrityError(f"{self.dir}: {path}: {exc}") from None
+
+    def rows(self, entity: str, columns: list[str], key: str, values: set[str]) -> list[dict[str, Any]]:
+        """The rows of a data file whose `key` is one of `values`, streamed (the file is never held whole)."""
+        value_set = pa.array(sorted(values), pa.string())
+        found: list[dict[str, Any]] = []
+        for batch in read_all(self.open(f"data/{entity}.parquet"), columns):
+            found += batch.filter(pc.is_in(batch.column(key), value_set=value_set)).to_pylist()
+        return found
+
+
+def _documents_of_cases(archive: _Archive, case_ids: list[str]) -> set[str]:
+    found = {r["case_id"]: r["document_id"] for r in archive.rows("cases", ["case_id", "document_id"], "case_id",
+                                                                  set(case_ids))}
+    unknown = [c for c in case_ids if c not in found]
+    if unknown:
+        raise UserError(f"case(s) not in the archive: {', '.join(unknown[:10])}")
+    return {d for c in case_ids if (d := found[c]) is not None}
+
+
+def _choose(archive: _Archive, document_ids: list[str], case_ids: list[str], everything: bool
+            ) -> list[dict[str, Any]]:
+    versions = [v for v in archive.manifest.get("versions", []) if isinstance(v, dict)]
+    if everything:
+        return [v for v in versions if not v.get("missing")]
+    wanted = set(document_ids) | (_documents_of_cases(archive, case_ids) if case_ids else set())
+    known = {v["document_id"] for v in versions}
+    unknown = [d for d in document_ids if d not in known]
+    if unknown:
+        raise UserError(f"document(s) with no version in the archive: {', '.join(unknown[:10])}")
+    return [v for v in versions if v["document_id"] in wanted and not v.get("missing")]
+
+
+def _targets(archive: _Archive, chosen: list[dict[str, Any]], to: Path) -> list[_Target]:
+    rows = archive.rows("versions", ["version_id", "document_id", "version_no", "file_name"], "version_id",
+                        {v["version_id"] for v in chosen})
+    names = {(r["document_id"], r["version_id"]): (r["version_no"], r["file_name"]) for r in rows}
+    targets: list[_Target] = []
+    used: set[Path] = set()
+    for version in chosen:
+        number, file_name = names.get((version["document_id"], version["version_id"]), (None, None))
+        folder = to / safe_name(version["document_id"], "document")
+        prefix = str(number) if number is not None else safe_name(version["version_id"], "version")
+        path = folder / safe_name(f"{prefix}-{safe_name(file_name, 'content')}", "content")
+        if path in used:  # two versions with one number and name, or ids that clean up alike
+            path = folder / safe_name(f"{prefix}-{safe_name(version['version_id'], 'v')}-"
+                                      f"{safe_name(file_name, 'content')}", "content")
+        used.add(path)
+        targets.append(_Target(version, path))
+    existing = [t.path for t in targets if t.path.exists() or t.path.is_symlink()]
+    if existing:
+        raise UserError(f"{existing[0]} already exists" + (f" (and {len(existing) - 1} more)" if len(existing) > 1
+                                                           else "") + "; restore never overwrites: choose another --to")
+    return targets
+
+
+def _publish(target: _Target) -> None:
+    """Give a verified temporary file its final name, never replacing a file that appeared meanwhile."""
+    assert target.tmp is not None
+    try:
+        os.link(target.tmp, target.path)
+    except FileExistsError:
+        raise UserError(f"{target.path} appeared while restoring; restore never overwrites") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if target.path.exists():  # a filesystem without hard links: check, then rename
+            raise UserError(f"{target.path} appeared while restoring; restore never overwrites") from None
+        os.rename(target.tmp, target.path)
+    else:
+        target.tmp.unlink()
+    fsync_dir(target.path.parent)
+
+
+def _start(target: _Target) -> IO[bytes]:
+    target.path.parent.mkdir(parents=True, exist_ok=True)
+    target.tmp = target.path.with_name(f".{target.path.name[:NAME_BYTES - 30]}{_TMP}{os.getpid()}")
+    target.tmp.unlink(missing_ok=True)
+    target.handle = os.fdopen(os.open(target.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+    return target.handle
+
+
+def _finish(archive: _Archive, part: str, target: _Target) -> None:
+    version = target.version
+    label = f"{part}: version {version['version_id']} of document {version['document_id']}"
+    if target.handle is None:
+        raise ArchiveIntegrityError(f"{archive.dir}: {label} is not in its part")
+    target.handle.flush()
+    os.fsync(target.handle.fileno())
+    target.handle.close()
+    target.handle = None
+    got = target.digest.hexdigest()
+    if got != version["sha256"] or target.size != version["size"] or target.chunks != version["chunks"]:
+        raise ArchiveIntegrityError(f"{archive.dir}: {label}: restored {target.size} bytes with SHA-256 {got} in "
+                                    f"{target.chunks} chunk(s); the manifest says {version['size']} bytes, "
+                                    f"{version['sha256']}, {version['chunks']} chunk(s)")
+    _publish(target)
+
+
+def _restore_part(archive: _Archive, part: str, targets: list[_Target], bar: Any) -> None:
+    by_key = {(t.version["document_id"], t.version["version_id"]): t for t in targets}
+    wanted = pa.array(sorted({k[1] for k in by_key}), pa.string())
+    for batch in read_all(archive.open(part)):
+        rows = batch.filter(pc.is_in(batch.column("version_id"), value_set=wanted))
+        for row in rows.to_pylist():
+            target = by_key.get((row["document_id"], row["version_id"]))
+            if target is None:
+                continue
+            data = row["bytes"] or b""
+            if row["chunk_index"] != target.chunks or row["offset"] != target.size \
+                    or hashlib.sha256(data).hexdigest() != row["chunk_sha256"]:
+                raise ArchiveIntegrityError(f"{archive.dir}: {part}: chunk {row['chunk_index']} of version "
+                                            f"{row['version_id']} is damaged or out of place")
+            handle = target.handle or _start(target)
+            handle.write(data)
+            target.digest.update(data)
+            target.size += len(data)
+            target.chunks += 1
+            bar.update(len(data))
+    for target in targets:
+        _finish(archive, part, target)
+
+
+def restore(archive_dir: Path | str, *, private_key: X25519PrivateKey, signer: Ed25519PublicKey | str, to: Path,
+            document_ids: Iterable[str] = (), case_ids: Iterable[str] = (), everything: bool = False,
+            progress: Progress = QUIET) -> list[Path]:
+    """Write the chosen versions under `to`, each checked against the signed manifest; the paths written.
+
+    Versions the source had no content for (`missing` in the manifest) are not written.
+    """
+    documents, cases = list(document_ids), list(case_ids)
+    if not (documents or cases or everything):
+        raise UserError("say what to restore: one or more document ids, case ids, or everything")
+    archive = _Archive(Path(archive_dir), private_key, signer)
+    targets = _targets(archive, _choose(archive, documents, cases, everything), Path(to))
+    by_part: dict[str, list[_Target]] = {}
+    for target in targets:
+        by_part.setdefault(str(target.version.get("part")), []).append(target)
+    try:
+        with progress.bar(sum(t.version["size"] for t in targets), "restoring", unit="B") as bar:
+            for part in sorted(by_part):
+                _restore_part(archive, part, by_part[part], bar)
+    finally:
+        for target in targets:
+            if target.handle is not None:
+                target.handle.close()
+            if target.tmp is not None:
+                target.tmp.unlink(missing_ok=True)
+    return [t.path for t in targets]

@@ -1,0 +1,483 @@
+"""Verify an archive without the source system: docs/archive-format.md section 8.
+
+Quick (no key needed): the signature against a signer key trusted from elsewhere, every listed file
+present with its size and SHA-256, nothing unlisted, `seq` 1..n, the Merkle root over `versions`.
+With a recipient's private key also every footer (which proves the file's key binding) and its row
+count. Full (key needed): every page decrypted with its checksum checked, every chunk hash, every
+version reassembled and compared with the manifest, and every content part holding exactly the
+versions the manifest assigns to it.
+
+Every problem names the file it is about (relative to the archive; "-" for the archive as a whole)
+and has a kind, for scripts:
+
+    signature    manifest.sig missing, damaged, by another key, or not matching manifest.json
+    manifest     manifest.json damaged or inconsistent (seq, paths, versions, Merkle root)
+    missing      a listed file is not there
+    untracked    a file is there that the manifest does not list
+    size, sha256 a file's bytes differ from what the manifest records
+    missing_key  a check needs a recipient's private key and none was given
+    wrong_key    the key given is not a recipient (of the archive, or of this file)
+    binding      the file's key is bound to another archive or path (moved, swapped, put back)
+    corrupt      a footer or page does not decrypt or fails its checksum
+    rows         a file holds another number of rows than the manifest says
+    content      reassembled content differs from the manifest (chunk, version, part)
+
+Nothing here holds a whole file in memory: files are hashed in blocks, pages are read in batches
+and each version is hashed as its chunks stream past.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from decom.archive.keys import fingerprint
+from decom.archive.manifest import MANIFEST, SIGNATURE, merkle_root, read_manifest, signature_problem
+from decom.archive.pme import ArchiveKeyError, open_encrypted, read_all
+from decom.errors import UserError
+from decom.progress import QUIET, Progress
+
+FORMAT_VERSION = 1
+CONTENT_COLUMNS = ["document_id", "version_id", "chunk_index", "offset", "bytes", "chunk_sha256"]
+MAX_CHUNK = 1 << 20
+_CONTENT_PATH = re.compile(r"content/part-[0-9]{6}\.parquet")
+_DATA_PATH = re.compile(r"data/([A-Za-z0-9_][A-Za-z0-9._-]*)\.parquet")
+_SIGNER_FP = re.compile(r"ed25519:[0-9a-f]{64}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_PER_FILE = 10          # content problems reported per file before "and N more"
+_DATA_BATCH = 65_536    # rows per batch when decrypting a data file
+_SMALL = 1 << 20        # files up to this size are hashed with one read
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str   # relative to the archive, or "manifest.json" / "manifest.sig" / "-"
+    what: str
+    kind: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.what}"
+
+
+@dataclass
+class VerifyResult:
+    problems: list[Problem] = field(default_factory=list)
+    checked: dict[str, Any] = field(default_factory=dict)   # files, rows, versions, bytes (+ mode, footers)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_signer(signer: Ed25519PublicKey | str) -> Ed25519PublicKey | str:
+    """The trusted signer as given, or UserError for a fingerprint that is not `ed25519:<64 hex>`."""
+    if isinstance(signer, Ed25519PublicKey):
+        return signer
+    text = signer.strip().lower()
+    if not _SIGNER_FP.fullmatch(text):
+        raise UserError(f"signer fingerprint {signer!r} is not of the form ed25519:<64 hex digits> "
+                        "(the decommission report and the journal print it)")
+    return text
+
+
+def _sha256_file(path: str, size: int) -> str:
+    with open(path, "rb") as handle:
+        if size <= _SMALL:   # one read for a small file; larger ones stream in blocks
+            return hashlib.sha256(handle.read(_SMALL + 1)).hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _batches(parquet: pq.ParquetFile, batch_size: int) -> Iterator[pa.RecordBatch]:
+    """Every batch of a data file (all columns, every page decrypted and checksum-verified)."""
+    try:
+        yield from parquet.iter_batches(batch_size=batch_size)
+    except (OSError, pa.ArrowException) as exc:
+        raise ArchiveKeyError("corrupt", f"a page does not decrypt or fails its checksum "
+                                         f"({str(exc).splitlines()[0]})") from None
+
+
+def _safe_path(path: str) -> bool:
+    if not path or path.startswith("/") or "\\" in path or "\x00" in path:
+        return False
+    return all(part not in ("", ".", "..") for part in path.split("/")) and path not in (MANIFEST, SIGNATURE)
+
+
+class _Verifier:
+    def __init__(self, archive: Path, signer: Ed25519PublicKey | str, private: X25519PrivateKey | None,
+                 full: bool, progress: Progress) -> None:
+        self.archive, self.signer, self.private, self.full, self.progress = archive, signer, private, full, progress
+        self.result = VerifyResult(checked={"mode": "full" if full else "quick", "files": 0, "rows": 0,
+                                            "versions": 0, "bytes": 0, "footers": False})
+        self.manifest: dict[str, Any] = {}
+        self.files: list[dict[str, Any]] = []        # well-formed entries of manifest["files"]
+        self.present: set[str] = set()               # listed paths whose file exists
+        self.readable: set[str] = set()              # listed paths whose footer decrypts
+        self.versions: list[dict[str, Any]] = []
+
+    def problem(self, file: str, what: str, kind: str) -> None:
+        self.result.problems.append(Problem(file, what, kind))
+
+    # --- the manifest and its signature --------------------------------------------------------------
+
+    def load(self) -> bytes | None:
+        if not self.archive.is_dir():
+            raise UserError(f"{self.archive} is not a folder")
+        if not (self.archive / MANIFEST).is_file():
+            if not (self.archive / SIGNATURE).exists() and not any(self.archive.glob("data/*.parquet")) \
+                    and not any(self.archive.glob("content/part-*.parquet")):
+                raise UserError(f"{self.archive} is not a decom archive: it has no {MANIFEST}")
+            self.problem(MANIFEST, "missing: the archive has no manifest, nothing in it can be trusted", "missing")
+            return None
+        try:
+            manifest, raw = read_manifest(self.archive)
+        except UserError:
+            raw = (self.archive / MANIFEST).read_bytes()
+            try:
+                json.loads(raw)
+                why = "it is JSON but not a decom archive manifest"
+            except (ValueError, UnicodeDecodeError):
+                why = "it is not valid JSON"
+            self.problem(MANIFEST, f"damaged: {why} (altered or bit flip)", "manifest")
+            return raw
+        self.manifest = manifest
+        return raw
+
+    def signature(self, raw: bytes) -> None:
+        reason = signature_problem(self.archive, raw, self.signer)
+        if reason is None:
+            return
+        trusted = self.signer if isinstance(self.signer, str) else fingerprint(self.signer)
+        try:
+            claimed = json.loads((self.archive / SIGNATURE).read_bytes()).get("fingerprint")
+        except (OSError, ValueError, UnicodeDecodeError, AttributeError):
+            claimed = None
+        if claimed == trusted and (self.archive / SIGNATURE).is_file():
+            # the trusted key's signature, over other bytes: the manifest (or the signature) was altered
+            self.problem(MANIFEST, f"altered: it does not match the signature in {SIGNATURE} by the trusted key "
+                                   f"{trusted} (manifest.json or the signature was changed)", "signature")
+        else:
+            self.problem(SIGNATURE, reason, "signature")
+
+    def structure(self) -> None:
+        m = self.manifest
+        if m.get("format_version") != FORMAT_VERSION:
+            self.problem(MANIFEST, f"format_version is {m.get('format_version')!r}; this verifier reads "
+                                   f"version {FORMAT_VERSION}", "manifest")
+        if not isinstance(m.get("archive_id"), str) or not m.get("archive_id"):
+            self.problem(MANIFEST, "archive_id is missing", "manifest")
+        files = m.get("files")
+        if not isinstance(files, list):
+            self.problem(MANIFEST, "files is missing or not a list", "manifest")
+            files = []
+        seen: set[str] = set()
+        for index, entry in enumerate(files):
+            where = f"files[{index}]"
+            if not isinstance(entry, dict):
+                self.problem(MANIFEST, f"{where} is not an object", "manifest")
+                continue
+            path = entry.get("path")
+            if not isinstance(path, str) or not _safe_path(path):
+                self.problem(MANIFEST, f"{where} has an unsafe or empty path {path!r}", "manifest")
+                continue
+            if entry.get("seq") != index + 1:
+                self.problem(MANIFEST, f"{where} ({path}) has seq {entry.get('seq')!r}, expected {index + 1}: "
+                                       "seq must run 1..n without gaps", "manifest")
+            if path in seen:
+                self.problem(MANIFEST, f"{path} is listed twice", "manifest")
+                continue
+            seen.add(path)
+            bad = [key for key, kind in (("size", int), ("rows", int), ("sha256", str)) if
+                   not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool)]
+            if bad or not _HEX64.fullmatch(str(entry.get("sha256"))):
+                self.problem(MANIFEST, f"{where} ({path}) lacks a valid {', '.join(bad) or 'sha256'}", "manifest")
+                continue
+            kind, match = entry.get("kind"), _DATA_PATH.fullmatch(path)
+            if kind == "content" and not _CONTENT_PATH.fullmatch(path):
+                self.problem(MANIFEST, f"{where}: content file {path} is not content/part-NNNNNN.parquet", "manifest")
+            elif kind == "data" and (match is None or match.group(1) != entry.get("entity")):
+                self.problem(MANIFEST, f"{where}: data file {path} is not data/<entity>.parquet for its "
+                                       f"entity {entry.get('entity')!r}", "manifest")
+            elif kind not in ("data", "content"):
+                self.problem(MANIFEST, f"{where} ({path}) has kind {kind!r}, not data or content", "manifest")
+            self.files.append(entry)
+
+    def version_list(self) -> None:
+        versions = self.manifest.get("versions")
+        if not isinstance(versions, list):
+            self.problem(MANIFEST, "versions is missing or not a list", "manifest")
+            return
+        content_paths = {f["path"] for f in self.files if f.get("kind") == "content"}
+        previous: tuple[str, str] | None = None
+        well_formed = []
+        for index, v in enumerate(versions):
+            where = f"versions[{index}]"
+            if not isinstance(v, dict) or not isinstance(v.get("document_id"), str) \
+                    or not isinstance(v.get("version_id"), str):
+                self.problem(MANIFEST, f"{where} lacks document_id or version_id", "manifest")
+                continue
+            key = (v["document_id"], v["version_id"])
+            name = f"version {v['version_id']} of document {v['document_id']}"
+            if previous is not None and key <= previous:
+                self.problem(MANIFEST, f"{where} ({name}) is out of order or repeated: versions must be "
+                                       "sorted by (document_id, version_id)", "manifest")
+            previous = key
+            if v.get("missing"):
+                well_formed.append(v)
+                continue
+            if not _HEX64.fullmatch(str(v.get("sha256"))) or not isinstance(v.get("size"), int) \
+                    or not isinstance(v.get("chunks"), int):
+                self.problem(MANIFEST, f"{where} ({name}) lacks a valid sha256, size or chunks", "manifest")
+                continue
+            if v.get("part") not in content_paths:
+                self.problem(MANIFEST, f"{where} ({name}) is assigned to {v.get('part')!r}, which is not a "
+                                       "listed content file", "manifest")
+                continue
+            well_formed.append(v)
+        self.versions = well_formed
+        self.result.checked["versions"] = len(versions)
+        try:
+            root = merkle_root(versions)
+        except (KeyError, TypeError, AttributeError):
+            return  # already reported as malformed entries
+        if root != self.manifest.get("merkle_root"):
+            self.problem(MANIFEST, f"merkle_root {self.manifest.get('merkle_root')!r} does not match the root "
+                                   f"{root} recomputed from versions", "manifest")
+
+    # --- the files on disk ---------------------------------------------------------------------------
+
+    def hashes(self) -> None:
+        by_hash = {f["sha256"]: f["path"] for f in self.files}
+        base = os.fspath(self.archive)
+        for entry in self.files:
+            path = entry["path"]
+            file = os.path.join(base, path)   # plain strings: 10,000 files must take well under a second
+            try:
+                size = os.stat(file).st_size
+            except FileNotFoundError:
+                self.problem(path, "missing: listed in the manifest but not in the archive (deleted?)", "missing")
+                continue
+            except OSError as exc:
+                self.problem(path, f"cannot be read: {exc.strerror}", "missing")
+                continue
+            self.present.add(path)
+            self.result.checked["files"] += 1
+            self.result.checked["rows"] += entry["rows"]
+            self.result.checked["bytes"] += size
+            digest = _sha256_file(file, size)
+            if digest == entry["sha256"] and size == entry["size"]:
+                continue
+            other = by_hash.get(digest)
+            if other is not None and other != path:
+                self.problem(path, f"SHA-256 {digest} does not match the manifest's {entry['sha256']}; it is the "
+                                   f"file the manifest lists as {other} (files swapped)", "sha256")
+            elif size != entry["size"]:
+                how = ("truncated or replaced" if size < entry["size"]
+                       else "longer than recorded (appended to or replaced)")
+                self.problem(path, f"{how}: {size} bytes on disk, the manifest says {entry['size']}", "size")
+            else:
+                self.problem(path, f"SHA-256 {digest} does not match the manifest's {entry['sha256']} (bit flip, "
+                                   "edited, or a file from another archive)", "sha256")
+
+    def untracked(self) -> None:
+        listed = {f["path"] for f in self.files} | {MANIFEST, SIGNATURE}
+        base = os.fspath(self.archive)
+        for root, dirs, names in os.walk(base):
+            dirs.sort()
+            folder = os.path.relpath(root, base).replace(os.sep, "/")
+            for name in sorted(names):
+                rel = name if folder == "." else f"{folder}/{name}"
+                if rel not in listed:
+                    self.problem(rel, "not listed in the manifest (an untracked file does not belong to an archive)",
+                                 "untracked")
+
+    # --- with a key: footers, row counts, pages, content -------------------------------------------
+
+    def key_usable(self) -> bool:
+        if self.private is None:
+            if self.full:
+                self.problem("-", "missing key: full verification decrypts every file; give a recipient's "
+                                  "private key (--key-file)", "missing_key")
+            return False
+        mine = fingerprint(self.private.public_key())
+        recipients = self.manifest.get("recipients")
+        if isinstance(recipients, list) and mine not in recipients:
+            self.problem("-", f"wrong key: {mine} is not a recipient of this archive (recipients: "
+                              f"{', '.join(map(str, recipients))})", "wrong_key")
+            return False
+        return True
+
+    def open(self, path: str) -> pq.ParquetFile | None:
+        assert self.private is not None
+        try:
+            return open_encrypted(self.archive / path, self.private, str(self.manifest.get("archive_id")), path)
+        except ArchiveKeyError as exc:
+            self.problem(path, str(exc), exc.kind)
+            return None
+
+    def footers(self) -> None:
+        self.result.checked["footers"] = True
+        self.result.checked["rows"] = 0
+        for entry in self.files:
+            path = entry["path"]
+            if path not in self.present:
+                continue
+            parquet = self.open(path)
+            if parquet is None:
+                continue
+            self.readable.add(path)
+            rows = parquet.metadata.num_rows
+            self.result.checked["rows"] += rows
+            if rows != entry["rows"]:
+                self.problem(path, f"holds {rows} rows, the manifest says {entry['rows']}", "rows")
+            if entry.get("kind") == "content" and parquet.schema_arrow.names != CONTENT_COLUMNS:
+                self.problem(path, f"columns {parquet.schema_arrow.names} are not the content schema "
+                                   f"{CONTENT_COLUMNS}", "content")
+
+    def pages(self) -> None:
+        by_part: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
+        for v in self.versions:
+            if not v.get("missing"):
+                by_part.setdefault(v["part"], {})[(v["document_id"], v["version_id"])] = v
+        part_of = {(v["document_id"], v["version_id"]): "missing" if v.get("missing") else v.get("part")
+                   for v in self.versions}
+        todo = [e for e in self.files if e["path"] in self.present]
+        with self.progress.bar(sum(e["size"] for e in todo), "verifying archive", unit="B") as bar:
+            for entry in todo:
+                parquet = self.open(entry["path"]) if entry["path"] in self.readable else None
+                if parquet is not None:
+                    _Reader(self, entry, parquet, bar).run(by_part.get(entry["path"], {}), part_of)
+                else:
+                    bar.update(entry["size"])   # already reported: its footer does not decrypt
+
+    def run(self) -> VerifyResult:
+        raw = self.load()
+        if raw is not None:
+            self.signature(raw)
+        if not self.manifest:
+            return self.result
+        self.structure()
+        self.version_list()
+        self.hashes()
+        self.untracked()
+        if self.key_usable():
+            self.footers()
+            if self.full:
+                self.pages()
+        return self.result
+
+
+class _Reader:
+    """Decrypts one file page by page; for a content part, reassembles and checks its versions."""
+
+    def __init__(self, verifier: _Verifier, entry: dict[str, Any], parquet: pq.ParquetFile, bar: Any) -> None:
+        self.v, self.entry, self.parquet, self.bar = verifier, entry, parquet, bar
+        self.path: str = entry["path"]
+        self.total_rows = max(parquet.metadata.num_rows, 1)
+        self.rows = 0
+        self.advanced = 0
+        self.reported = 0
+
+    def problem(self, what: str) -> None:
+        self.reported += 1
+        if self.reported <= _PER_FILE:
+            self.v.problem(self.path, what, "content")
+
+    def advance(self, rows: int) -> None:
+        self.rows += rows
+        target = self.entry["size"] * min(self.rows, self.total_rows) // self.total_rows
+        self.bar.update(target - self.advanced)
+        self.advanced = target
+
+    def run(self, expected: dict[tuple[str, str], dict[str, Any]], part_of: dict[tuple[str, str], Any]) -> None:
+        try:
+            if self.entry.get("kind") == "content":
+                self.content(expected, part_of)
+            else:
+                for batch in _batches(self.parquet, _DATA_BATCH):
+                    self.advance(batch.num_rows)
+        except ArchiveKeyError as exc:
+            self.v.problem(self.path, str(exc), exc.kind)
+        finally:
+            self.bar.update(self.entry["size"] - self.advanced)
+        if self.reported > _PER_FILE:
+            self.v.problem(self.path, f"and {self.reported - _PER_FILE} more content problem(s)", "content")
+
+    def content(self, expected: dict[tuple[str, str], dict[str, Any]], part_of: dict[tuple[str, str], Any]) -> None:
+        open_versions: dict[tuple[str, str], _Assembly] = {}
+        strays: set[tuple[str, str]] = set()
+        for batch in read_all(self.parquet):
+            columns = batch.to_pydict()
+            for document_id, version_id, index, offset, data, chunk_sha in zip(
+                    *(columns[name] for name in CONTENT_COLUMNS), strict=True):
+                key = (document_id, version_id)
+                name = f"version {version_id} of document {document_id}"
+                if key not in expected:
+                    if key not in strays:
+                        strays.add(key)
+                        elsewhere = part_of.get(key)
+                        self.problem(f"holds {name}, which the manifest " + (
+                            "does not list" if elsewhere is None else "records as missing in the source"
+                            if elsewhere == "missing" else f"assigns to {elsewhere}"))
+                    continue
+                state = open_versions.setdefault(key, _Assembly())
+                data = data or b""
+                if hashlib.sha256(data).hexdigest() != chunk_sha:
+                    self.problem(f"{name}: chunk {index} does not match its chunk_sha256")
+                if index != state.chunks or offset != state.size:
+                    self.problem(f"{name}: chunk {index} at offset {offset} is out of place (expected chunk "
+                                 f"{state.chunks} at offset {state.size})")
+                if len(data) > MAX_CHUNK:
+                    self.problem(f"{name}: chunk {index} holds {len(data)} bytes, more than 1 MiB")
+                state.add(data)
+            self.advance(batch.num_rows)
+        self.v.result.checked.setdefault("content_bytes", 0)
+        for key, want in expected.items():
+            name = f"version {key[1]} of document {key[0]}"
+            found = open_versions.get(key)
+            if found is None:
+                self.problem(f"lacks {name}, which the manifest assigns to it")
+                continue
+            state = found
+            self.v.result.checked["content_bytes"] += state.size
+            if state.chunks != want["chunks"]:
+                self.problem(f"{name}: {state.chunks} chunk(s), the manifest says {want['chunks']}")
+            if state.size != want["size"]:
+                self.problem(f"{name}: {state.size} bytes reassembled, the manifest says {want['size']}")
+            if state.digest.hexdigest() != want["sha256"]:
+                self.problem(f"{name}: the reassembled content's SHA-256 {state.digest.hexdigest()} does not "
+                             f"match the manifest's {want['sha256']} (the document's bytes changed)")
+
+
+class _Assembly:
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.chunks = 0
+
+    def add(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.size += len(data)
+        self.chunks += 1
+
+
+def verify_archive(archive_dir: Path | str, *, signer: Ed25519PublicKey | str,
+                   private_key: X25519PrivateKey | None = None, full: bool = False,
+                   progress: Progress = QUIET) -> VerifyResult:
+    """Check an archive against its signed manifest (docs/archive-format.md section 8).
+
+    `signer` is the trusted Ed25519 public key, or its fingerprint "ed25519:<hex>" from the
+    decommission report or journal. Raises UserError only when `archive_dir` is not an archive at all;
+    every integrity finding is a Problem in the result.
+    """
+    return _Verifier(Path(archive_dir), check_signer(signer), private_key, full, progress).run()
