@@ -40,10 +40,13 @@ demo: demo-data ## build the demo legacy EDM and run plans/demo.toml end to end
 	$(DECOM) status plans/demo.toml
 	$(DECOM) verify "$$(ls -d $(DEMO_DIR)/archives/*/ | tail -n 1)" --full \
 	  --key-file $(DEMO_DIR)/keys/auditor.key --signer-key $(DEMO_DIR)/keys/signing.pub
+	$(DECOM) record plans/demo.toml
+	$(DECOM) verify-record plans/demo.state/record --signer-key $(DEMO_DIR)/keys/signing.pub
 	@echo; echo "Dry-run report: plans/demo.state/reports/plan-report.html (also .md, .json)"; \
 	 echo "Inventory:      plans/demo.state/stages/inventory/summary.json"; \
 	 echo "Access audit:   plans/demo.state/stages/access_audit/exports/ (users, permissions, findings)"; \
 	 echo "Archive:        $(DEMO_DIR)/archives/ (encrypted Parquet + signed manifest; docs/archive-format.md)"; \
+	 echo "Record:         plans/demo.state/record/record.html (signed: record.json + record.sig)"; \
 	 echo "Undo lock-down: .venv/bin/decom undo plans/demo.toml --stage access_audit [--dry-run]"
 
 test: install services ## install, start the services, run the whole suite

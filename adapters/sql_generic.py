@@ -10,7 +10,7 @@ import io
 import os
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -265,7 +265,7 @@ class SqlGenericAdapter:
             raise FileNotFoundError(f"version {version.get('version_id')} has no content_ref")
         return self.content.open(self.engine, str(ref))
 
-    def open_many(self, versions: list[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], BinaryIO | None]]:
+    def open_many(self, versions: Sequence[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], BinaryIO | None]]:
         """(version, stream or None when missing) for many versions; one query per batch for blobs.
 
         With [content] bulk_query the blobs of a whole batch come in one round trip (over ADBC for

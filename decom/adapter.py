@@ -7,7 +7,7 @@ third-party ones, so an adapter shipped in another package is a first-class citi
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -76,7 +76,7 @@ class LegacyAdapter(Protocol):
         Raises FileNotFoundError when the record points at content that is not there.
         """
 
-    def open_many(self, versions: list[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], BinaryIO | None]]:
+    def open_many(self, versions: Sequence[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], BinaryIO | None]]:
         """(version, stream, or None when its content is missing) for many versions, in order."""
 
     def content_files(self) -> Iterator[tuple[str, int]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from decom import engine
 from decom.checkpoint import CheckpointStore
@@ -15,6 +15,7 @@ from decom.fileio import write_json, write_text
 from decom.journal import Journal, JournalCheck
 from decom.plan import LoadedPlan, PlanProblem, check_plan, load_plan
 from decom.progress import QUIET, Progress
+from decom.record import RecordCheck, RecordResult
 from decom.report.html import render_html
 from decom.report.markdown import render_markdown, report_data
 
@@ -153,3 +154,83 @@ def build_demo(db_url: str, content_root: Path, documents: int = 2000, seed: int
     if documents < 1:
         raise UserError("--documents must be at least 1")
     return _build(db_url, content_root, spec, progress=progress.enabled)
+
+
+if TYPE_CHECKING:
+    from decom.archive.verify import VerifyResult
+
+
+def _trusted_signer(signer_key: Path | None, signer_fingerprint: str | None) -> Any:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from decom.archive.keys import load_public
+    from decom.archive.verify import check_signer
+
+    if signer_key is not None and signer_fingerprint is not None:
+        raise UserError("give the signer's key (--signer-key) or its fingerprint (--signer-fingerprint), not both")
+    if signer_key is not None:
+        return load_public(Path(signer_key), Ed25519PublicKey)
+    if signer_fingerprint is not None:
+        return check_signer(signer_fingerprint)
+    raise UserError("say which signer to trust: pass the signer's public key (--signer-key PUB) or its fingerprint "
+                    "(--signer-fingerprint ed25519:...) as printed in the decommission report or journal")
+
+
+def _recipient_key(key_file: Path | None) -> Any:
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from decom.archive.keys import load_private
+
+    return None if key_file is None else load_private(Path(key_file), X25519PrivateKey)
+
+
+def verify(archive_dir: Path | str, *, signer_key: Path | None = None, signer_fingerprint: str | None = None,
+           key_file: Path | None = None, full: bool = False, progress: Progress = QUIET) -> VerifyResult:
+    """Verify an archive against its signed manifest, without the source (docs/archive-format.md section 8).
+
+    Returns a decom.archive.verify.VerifyResult; integrity findings are its problems, never exceptions.
+    """
+    from decom.archive.verify import verify_archive
+
+    signer = _trusted_signer(signer_key, signer_fingerprint)
+    return verify_archive(Path(archive_dir), signer=signer, private_key=_recipient_key(key_file), full=full,
+                          progress=progress)
+
+
+def restore(archive_dir: Path | str, *, to: Path, key_file: Path, signer_key: Path | None = None,
+            signer_fingerprint: str | None = None, document_ids: list[str] | tuple[str, ...] = (),
+            case_ids: list[str] | tuple[str, ...] = (), everything: bool = False,
+            progress: Progress = QUIET) -> list[Path]:
+    """Restore document versions from an archive into `to`, each checked against the signed manifest."""
+    from decom.archive.restore import restore as _restore
+
+    if everything and (document_ids or case_ids):
+        raise UserError("--all restores everything; do not combine it with --document or --case")
+    if not (everything or document_ids or case_ids):
+        raise UserError("say what to restore: --document ID, --case ID (each repeatable) or --all")
+    signer = _trusted_signer(signer_key, signer_fingerprint)
+    return _restore(Path(archive_dir), private_key=_recipient_key(key_file), signer=signer, to=Path(to),
+                    document_ids=document_ids, case_ids=case_ids, everything=everything, progress=progress)
+
+
+def record(plan_path: Path | str, *, state: Path | None = None, out: Path | None = None) -> RecordResult:
+    """Write the signed decommission record (record.json, record.sig, record.html; default <state>/record).
+
+    Signed with the plan's archive.signing_key_file. Journals `record_written` with the record's SHA-256
+    after the record is written: the journal head in the record is the one before that entry.
+    """
+    from decom.record import write_record
+
+    loaded = load_plan(plan_path)
+    return write_record(loaded, _state_dir(loaded, state), out)
+
+
+def verify_record(record_dir: Path | str, *, signer: Any, journal: Path | None = None) -> RecordCheck:
+    """Problems with a decommission record (empty list: it verifies); `.notes` and `.facts` ride along.
+
+    signer: the trusted Ed25519 public key, a public key file (Path) or a fingerprint "ed25519:<hex>".
+    journal: the journal to check against the record (default: the path the record names, if it exists).
+    """
+    from decom.record import verify_record as _verify_record
+
+    return _verify_record(Path(record_dir), signer, Path(journal) if journal is not None else None)

@@ -169,6 +169,127 @@ def keys_generate(
     _echo(f"fingerprint: {fp}")
 
 
+ArchiveArg = Annotated[Path, typer.Argument(help="The archive folder (holds manifest.json).", show_default=False)]
+SignerKeyOpt = Annotated[Path | None, typer.Option(
+    "--signer-key", help="The signer's Ed25519 public key (PEM) you trust, from the decommission records.")]
+SignerFpOpt = Annotated[str | None, typer.Option(
+    "--signer-fingerprint", help="Or its fingerprint ed25519:<hex>, as the decommission report and journal print it.")]
+
+
+@app.command()
+def verify(
+    archive_dir: ArchiveArg,
+    full: Annotated[bool, typer.Option("--full", help="Decrypt every page and re-hash every document version "
+                                                      "(needs --key-file).")] = False,
+    key_file: Annotated[Path | None, typer.Option(
+        "--key-file", help="A recipient's X25519 private key (PEM): also checks footers and row counts.")] = None,
+    signer_key: SignerKeyOpt = None,
+    signer_fingerprint: SignerFpOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Check an archive against its signed manifest, without the source. Exit 0 intact, 1 a problem found.
+
+    Quick (default): signature, size and SHA-256 of every file, no unlisted file, Merkle root; with a
+    key file also every footer and row count. Full: also decrypts every page and re-hashes every
+    document version.
+    """
+    result = api.verify(archive_dir, signer_key=signer_key, signer_fingerprint=signer_fingerprint,
+                        key_file=key_file, full=full, progress=_progress())
+    checked = result.checked
+    if as_json:
+        _echo(json.dumps({"archive": str(archive_dir), "ok": result.ok, "mode": checked.get("mode"),
+                          "problems": [vars(p) for p in result.problems], "checked": checked},
+                         indent=2, ensure_ascii=False))
+    else:
+        for problem in result.problems:
+            _echo(f"FAIL {problem.file}: {problem.what}")
+        what = (f"{checked['files']} file(s), {checked['bytes']:,} bytes, {checked['versions']} version(s)"
+                + (f", {checked['rows']:,} rows decrypted" if checked.get("footers") else ""))
+        verdict = "OK" if result.ok else f"FAILED: {len(result.problems)} problem(s)"
+        _echo(f"{verdict}: {archive_dir} ({checked.get('mode')} verification; {what})")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def restore(
+    archive_dir: ArchiveArg,
+    to: Annotated[Path, typer.Option("--to", help="Folder to restore into; existing files are never overwritten.")],
+    key_file: Annotated[Path, typer.Option("--key-file", help="A recipient's X25519 private key (PEM).")],
+    signer_key: SignerKeyOpt = None,
+    signer_fingerprint: SignerFpOpt = None,
+    document: Annotated[list[str] | None, typer.Option("--document", help="A document id (repeatable).")] = None,
+    case: Annotated[list[str] | None, typer.Option("--case", help="Every document of a case (repeatable).")] = None,
+    everything: Annotated[bool, typer.Option("--all", help="Every document version in the archive.")] = False,
+) -> None:
+    """Restore document versions from an archive as <to>/<document_id>/<version_no>-<file name>.
+
+    The signature is checked first; every version is checked against the manifest's SHA-256.
+    """
+    paths = api.restore(archive_dir, to=to, key_file=key_file, signer_key=signer_key,
+                        signer_fingerprint=signer_fingerprint, document_ids=document or [], case_ids=case or [],
+                        everything=everything, progress=_progress())
+    for path in paths:
+        _echo(f"restored: {path}")
+    _echo(f"{len(paths)} version(s) restored into {to}, each matching the signed manifest's SHA-256")
+
+
+@app.command()
+def record(
+    plan_file: PlanArg,
+    state: StateOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for record.json, record.sig and record.html "
+                                                  "(default: <state>/record).")] = None,
+) -> None:
+    """Write the signed decommission record: runs, stages, archives, findings, accepted blockers, journal head.
+
+    Signed with the plan's archive.signing_key_file. The record states the journal head before its own
+    `record_written` entry, which is journaled right after with the record's SHA-256.
+    """
+    result = api.record(plan_file, state=state, out=out)
+    _echo(f"record: {result.json_path}  (SHA-256 {result.sha256})")
+    _echo(f"        {result.sig_path}  (signed by {result.signer})")
+    _echo(f"        {result.html_path}")
+    _echo(f"journal: {result.journal_entries} entries, head {result.journal_head} (before record_written)")
+
+
+@app.command("verify-record")
+def verify_record(
+    record_dir: Annotated[Path, typer.Argument(help="The record folder (holds record.json and record.sig).",
+                                               show_default=False)],
+    signer_key: SignerKeyOpt = None,
+    signer_fingerprint: SignerFpOpt = None,
+    journal: Annotated[Path | None, typer.Option(
+        "--journal", help="The journal to check against the record (default: the path the record names).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Check a decommission record's signature and the journal against it. Exit 0 ok, 1 a problem found.
+
+    A journal that merely continued after the record passes, with a note, when its first entries still
+    end in the recorded head.
+    """
+    if (signer_key is None) == (signer_fingerprint is None):
+        raise UserError("say which signer to trust: --signer-key PUB or --signer-fingerprint ed25519:..., one of them")
+    check = api.verify_record(record_dir, signer=signer_key if signer_key is not None else signer_fingerprint,
+                              journal=journal)
+    if as_json:
+        _echo(json.dumps({"ok": check.ok, "problems": list(check), "notes": check.notes,
+                          **check.facts}, indent=2, ensure_ascii=False))
+    else:
+        for problem in check:
+            _echo(f"FAIL {problem}")
+        for note in check.notes:
+            _echo(f"note: {note}")
+        facts = check.facts
+        journal_text = (f"journal {facts['journal_checked']} checked" if facts.get("journal_checked")
+                        else "journal not checked")
+        verdict = "OK" if check.ok else f"FAILED: {len(check)} problem(s)"
+        _echo(f"{verdict}: {record_dir} (plan {facts.get('plan')}, signed by {facts.get('signer')}; "
+              f"{facts.get('journal_entries')} journal entries, head {facts.get('journal_head')}; {journal_text})")
+    if not check.ok:
+        raise typer.Exit(1)
+
+
 @demo_app.command("build")
 def demo_build(
     out: Annotated[Path, typer.Option(help="Folder for legacy.sqlite and content/.")] = Path("demo-data"),

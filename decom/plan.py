@@ -29,11 +29,14 @@ from sqlalchemy.exc import ArgumentError
 from decom.adapter import SourceConfig, adapter_names
 from decom.errors import UserError
 from decom.plan_lines import KeyPath, key_lines, line_of, render_path, word_error
+from decom.plan_remote import FinalChecksOptions, ShutdownOptions, check_remote_stage, plain_error
 
 # The stage kinds this version can run; the others are in the schema and reported "not available yet".
-AVAILABLE_STAGE_KINDS: frozenset[str] = frozenset({"inventory", "access_audit", "backup"})
-FUTURE_STAGE_KINDS: tuple[str, ...] = ("handover", "shutdown", "final_checks")
-STAGE_KINDS: tuple[str, ...] = ("inventory", "access_audit", "backup", *FUTURE_STAGE_KINDS)
+AVAILABLE_STAGE_KINDS: frozenset[str] = frozenset({"inventory", "access_audit", "backup", "handover", "shutdown",
+                                                   "final_checks"})
+FUTURE_STAGE_KINDS: tuple[str, ...] = ()
+STAGE_KINDS: tuple[str, ...] = ("inventory", "access_audit", "backup", "handover", "shutdown", "final_checks",
+                                *FUTURE_STAGE_KINDS)
 
 _PLAN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 _STAGE_NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -164,10 +167,68 @@ class BackupStage(_StageBase):
     changed_after_freeze: Literal["report", "fail"] = "report"
 
 
-class FutureStage(_StageBase):
-    """A stage kind named by the schema but not built yet: its options are kept, not checked."""
+class SmtpSpec(_Strict):
+    """The mail server notices are sent through (handover stage, [stages.notices.smtp])."""
 
-    kind: Literal["handover", "shutdown", "final_checks"]
+    host: Annotated[str, _not_blank]
+    port: int = Field(587, ge=1, le=65535)
+    starttls: bool = True                      # upgrade with STARTTLS before AUTH and before any message
+    username: str | None = None                # AUTH (LOGIN or PLAIN) only when given
+    password: str | None = None                # only as "${ENV_VAR}"
+    password_file: str | None = None           # or a file holding it (relative to the plan)
+    ca_file: str | None = None                 # trust this CA (PEM) for STARTTLS instead of the system's
+    timeout_seconds: int = Field(30, ge=1, le=600)
+
+
+class NoticesSpec(_Strict):
+    """Notices to the people affected: rendered into an outbox, sent only when an smtp table is given."""
+
+    from_address: Annotated[str, _not_blank]   # "Records office <records@example.org>"
+    template: str | None = None                # string.Template file beside the plan; default: decom's own
+    subject: str = "$system is being switched off: where your documents and cases went"
+    reply_to: str | None = None
+    system: str | None = None                  # the name people know the old system by; default: the adapter's
+    successor: str = "the successor system"    # where work continues (text, may hold a link)
+    switch_off_at: AwareDatetime | None = None  # default: the inventory's freeze_at
+    smtp: SmtpSpec | None = None
+
+
+class HandoverStage(_StageBase):
+    kind: Literal["handover"]
+    target: list[Literal["reassign", "package"]] = Field(default_factory=lambda: ["reassign", "package"],  # type: ignore[arg-type]
+                                                         min_length=1)
+    default_owner: str | None = None            # a login: who takes what no other rule gives away
+    owners: dict[str, str] = Field(default_factory=dict)               # old login -> new login
+    owners_by_group: dict[str, str] = Field(default_factory=dict)      # candidate group name -> login
+    owners_by_case_type: dict[str, str] = Field(default_factory=dict)  # case type -> login
+    batch_size: int = Field(200, ge=1, le=10_000)                      # reassignments per checkpointed step
+    notices: NoticesSpec | None = None
+
+
+class ShutdownStage(_StageBase, ShutdownOptions):
+    """Ordered, verified shutdown over SSH (options in decom/plan_remote.py)."""
+
+    kind: Literal["shutdown"]
+
+
+class FinalLdapSpec(LdapSpec):
+    """The directory check of the final checks: these logins must be absent from it or locked there."""
+
+    logins: list[str] = Field(default_factory=list)
+    legacy_users: bool = False          # also every legacy account except keep_logins
+
+
+class FinalChecksStage(_StageBase, FinalChecksOptions):
+    """Nothing answers, nobody logs in, no key left; activity after the freeze (decom/plan_remote.py)."""
+
+    kind: Literal["final_checks"]
+    ldap: FinalLdapSpec | None = None
+
+
+class FutureStage(_StageBase):
+    """A stage kind named by the schema but not built yet (none at the moment): options kept, not checked."""
+
+    kind: str
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -179,9 +240,11 @@ class FutureStage(_StageBase):
         return kept | {"options": {key: value for key, value in data.items() if key not in kept}}
 
 
-StageSpec = Annotated[InventoryStage | AccessAuditStage | BackupStage | FutureStage, Field(discriminator="kind")]
+StageSpec = Annotated[InventoryStage | AccessAuditStage | BackupStage | HandoverStage | ShutdownStage
+                      | FinalChecksStage, Field(discriminator="kind")]
 _STAGE_MODELS: dict[str, type[_StageBase]] = {
-    "inventory": InventoryStage, "access_audit": AccessAuditStage, "backup": BackupStage,
+    "inventory": InventoryStage, "access_audit": AccessAuditStage, "backup": BackupStage, "handover": HandoverStage,
+    "shutdown": ShutdownStage, "final_checks": FinalChecksStage,
     **{kind: FutureStage for kind in FUTURE_STAGE_KINDS},
 }
 
@@ -362,6 +425,25 @@ def _check_ldap(p: _Collector, index: int, ldap: dict[str, Any], plan_dir: Path)
         p.add((*where, "url"), "expected ldap://host:port or ldaps://host:port")
 
 
+def _check_notices(p: _Collector, index: int, notices: dict[str, Any], plan_dir: Path) -> None:
+    """The handover's notices: template files exist; the SMTP password only as ${VAR} or a file."""
+    where: KeyPath = ("stages", index, "notices")
+    if isinstance(notices.get("template"), str) and not _resolve_path(plan_dir, notices["template"]).is_file():
+        p.add((*where, "template"), f"file not found: {_resolve_path(plan_dir, notices['template'])}")
+    smtp = notices.get("smtp")
+    if not isinstance(smtp, dict):
+        return
+    if isinstance(smtp.get("password"), str):
+        _check_secret(p, (*where, "smtp", "password"), smtp["password"])
+    if "password" in smtp and "password_file" in smtp:
+        p.add((*where, "smtp", "password_file"), "give either password or password_file, not both")
+    for key in ("password_file", "ca_file"):
+        if isinstance(smtp.get(key), str) and not _resolve_path(plan_dir, smtp[key]).is_file():
+            p.add((*where, "smtp", key), f"file not found: {_resolve_path(plan_dir, smtp[key])}")
+    if smtp.get("starttls") is False and ("password" in smtp or "password_file" in smtp):
+        p.add((*where, "smtp", "starttls"), "starttls = false sends the SMTP password unencrypted", "warning")
+
+
 def _check_archive(p: _Collector, raw: dict[str, Any], plan_dir: Path) -> None:
     """A plan with a backup stage needs somewhere to write, someone to read it, and a key to sign it."""
     archive: dict[str, Any] = raw["archive"] if isinstance(raw.get("archive"), dict) else {}
@@ -399,8 +481,13 @@ def _check_semantics(p: _Collector, raw: dict[str, Any], plan_dir: Path) -> None
     if isinstance(raw.get("stages"), list):
         _check_stages(p, raw["stages"])
         for index, stage in enumerate(raw["stages"]):
-            if isinstance(stage, dict) and stage.get("kind") == "access_audit" and isinstance(stage.get("ldap"), dict):
+            if isinstance(stage, dict) and stage.get("kind") in ("access_audit", "final_checks") \
+                    and isinstance(stage.get("ldap"), dict):
                 _check_ldap(p, index, stage["ldap"], plan_dir)
+            if isinstance(stage, dict) and stage.get("kind") in ("shutdown", "final_checks"):
+                check_remote_stage(p.add, index, stage, lambda value: _resolve_path(plan_dir, value))
+            if isinstance(stage, dict) and stage.get("kind") == "handover" and isinstance(stage.get("notices"), dict):
+                _check_notices(p, index, stage["notices"], plan_dir)
         names = {str(s.get("name", s.get("kind"))) for s in raw["stages"] if isinstance(s, dict)}
         for index, accepted in enumerate(raw.get("accept", []) if isinstance(raw.get("accept"), list) else []):
             if isinstance(accepted, dict) and isinstance(accepted.get("stage"), str) and accepted["stage"] not in names:
@@ -541,7 +628,7 @@ def _analyse(path: Path | str) -> _Analysis:
         spec = PlanSpec.model_validate(raw)
     except ValidationError as exc:
         for error in exc.errors():
-            problems.add(*word_error(error, STAGE_KINDS, lambda table: _model_fields(table, raw)))
+            problems.add(*word_error(plain_error(error), STAGE_KINDS, lambda table: _model_fields(table, raw)))
     _check_semantics(problems, raw, absolute.parent)
     errors = sorted(problems.errors, key=lambda problem: problem.line or 0)
     warnings = sorted(problems.warnings, key=lambda problem: problem.line or 0)

@@ -67,8 +67,21 @@ ensure_slapd() {
   [ $rc = 0 ] && [ -x /usr/sbin/slapd ] && log "slapd installed"
 }
 
+ensure_sshd() {  # OpenSSH server and sudo for the shutdown/final-checks tests; each test starts its own sshd
+  if [ -x /usr/sbin/sshd ] && command -v sudo >/dev/null; then log "sshd and sudo are installed"; return 0; fi
+  log "installing openssh-server and sudo (the system sshd is not started: tests run their own)"
+  local policy=/usr/sbin/policy-rc.d added=0 rc=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null && as_root chmod 755 "$policy" && added=1
+  fi
+  apt_install openssh-server sudo || rc=1
+  if [ $added = 1 ]; then as_root rm -f "$policy"; fi
+  [ $rc = 0 ] && [ -x /usr/sbin/sshd ] && command -v sudo >/dev/null && log "sshd and sudo installed"
+}
+
 status=0
 ensure_postgres || { log "FAILED: PostgreSQL is not available on 127.0.0.1:5432"; status=1; }
 ensure_mariadb || { log "FAILED: MariaDB is not available on 127.0.0.1:3306"; status=1; }
 ensure_slapd || { log "FAILED: slapd (OpenLDAP server, package slapd) could not be installed"; status=1; }
+ensure_sshd || { log "FAILED: sshd (package openssh-server) or sudo could not be installed"; status=1; }
 exit $status

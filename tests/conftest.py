@@ -139,3 +139,20 @@ def ldap_server(small_demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  #
         yield directory
     finally:
         directory.server.stop()
+
+
+@pytest.fixture
+def ssh_lab(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Three throw-away hosts (app1, app2, db1), each a real sshd on a free loopback port with a running
+    daemon, a cron file and a signing key under /tmp/decomhost-*/ (tests/ssh_hosts.py). Without sshd
+    installed the test fails (run `make services`)."""
+    from ssh_hosts import SshdUnavailable, start_lab
+
+    try:
+        lab = start_lab(tmp_path / "ssh")
+    except SshdUnavailable as exc:
+        pytest.fail(f"{exc} (run `make services`)", pytrace=False)
+    try:
+        yield lab
+    finally:
+        lab.close()

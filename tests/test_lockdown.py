@@ -108,12 +108,16 @@ def test_read_only_lockdown_killed_mid_step_resumes_and_undo_still_restores_the_
 
 def test_undo_refuses_after_the_point_of_no_return(small_demo, tmp_path: Path) -> None:
     url, content, facts = small_demo
-    plan = write_plan(tmp_path, url, content, extra_stages=audit_stage('disable = ["shared"]')
-                      + '\n[[stages]]\nkind = "shutdown"\n')
-    assert run_cli(["--quiet", "run", str(plan)]) == 3  # shutdown is not available yet: stops before it
-    # The shutdown stage has begun (as a later decom will record it): from here there is no way back.
+    (tmp_path / "known_hosts").write_text("")
+    (tmp_path / "id_ed25519").write_text("")
+    shutdown = ('\n[[stages]]\nkind = "shutdown"\nknown_hosts = "known_hosts"\n[[stages.hosts]]\nname = "app1"\n'
+                'address = "127.0.0.1"\nport = 1\nuser = "decom"\nkey_file = "id_ed25519"\n'
+                '[[stages.hosts.actions]]\nkind = "service"\nname = "edm-web"\n')
+    plan = write_plan(tmp_path, url, content, extra_stages=audit_stage('disable = ["shared"]') + shutdown)
+    assert run_cli(["--quiet", "run", str(plan)]) == 2  # the shutdown stage began; its host does not answer
+    # The shutdown stage has begun: from here there is no way back.
     store = CheckpointStore.in_folder(tmp_path / "test-plan.state")
-    store.set_stage("test-plan", "shutdown", "running")
+    assert store.stage_status("test-plan")["shutdown"] == "running"
     store.close()
     with pytest.raises(UserError, match="point of no return"):
         api.undo(plan, stage="access_audit")

@@ -15,7 +15,7 @@ from decom.adapter import SourceConfig
 from decom.errors import UserError
 from decom.plan import (
     AVAILABLE_STAGE_KINDS,
-    FutureStage,
+    STAGE_KINDS,
     InventoryStage,
     LoadedPlan,
     PlanInvalid,
@@ -171,13 +171,13 @@ def test_unknown_key_in_stage_suggests_the_right_one(tmp_path: Path) -> None:
     assert "did you mean 'hash_content'" in problem.message
 
 
-def test_source_options_and_future_stage_options_are_free(tmp_path: Path) -> None:
+def test_source_options_are_free_and_handover_options_are_checked(tmp_path: Path) -> None:
     text = VALID.replace('content_root = "content"', 'content_root = "content"\noptions = { anything = 1 }')
-    text += '\n[[stages]]\nkind = "handover"\nwhatever = [1, 2]\n'
-    loaded = load_plan(write(tmp_path, text))
+    loaded = load_plan(write(tmp_path, text + '\n[[stages]]\nkind = "handover"\n'))
     assert loaded.source_config().options == {"anything": 1}
-    handover = loaded.spec.stages[1]
-    assert isinstance(handover, FutureStage) and handover.options == {"whatever": [1, 2]}
+    assert loaded.spec.stages[1].kind == "handover" and not loaded.warnings
+    problem = only_error(write(tmp_path, text + '\n[[stages]]\nkind = "handover"\nwhatever = [1, 2]\n'))
+    assert (problem.line, problem.key) == (19, "stages[1].whatever")
 
 
 def test_a_backup_stage_needs_a_target_recipients_and_a_signing_key(tmp_path: Path) -> None:
@@ -275,18 +275,12 @@ def test_duplicate_stage_names(tmp_path: Path) -> None:
     assert (problem.line, problem.key) == (18, "stages[1].name")
 
 
-def test_future_stages_give_warnings_not_errors(tmp_path: Path) -> None:
-    text = VALID + "".join(f'\n[[stages]]\nkind = "{kind}"\n'
-                           for kind in ("access_audit", "handover", "shutdown", "final_checks"))
-    path = write(tmp_path, text)
-    loaded = load_plan(path)
-    assert [w.key for w in loaded.warnings] == [f"stages[{i}]" for i in range(2, 5)]  # access_audit runs
-    assert all(w.severity == "warning" for w in loaded.warnings)
-    assert loaded.warnings[0].message == ("stage 'handover' (kind handover) is not available yet in this "
-                                          "version of decom; its options are not checked")
-    assert loaded.warnings[0].line == 19
-    assert check_plan(path) == loaded.warnings
-    assert {"inventory", "access_audit", "backup"} <= AVAILABLE_STAGE_KINDS
+def test_every_stage_kind_is_available_and_its_options_are_checked(tmp_path: Path) -> None:
+    text = VALID + "".join(f'\n[[stages]]\nkind = "{kind}"\n' for kind in ("access_audit", "handover", "final_checks"))
+    loaded = load_plan(write(tmp_path, text))
+    assert loaded.warnings == [] and set(STAGE_KINDS) == AVAILABLE_STAGE_KINDS
+    problem = only_error(write(tmp_path, text + '\n[[stages]]\nkind = "shutdown"\n'))
+    assert (problem.line, problem.key, problem.message) == (25, "stages[4].hosts", "missing required key")
 
 
 # -- secrets ---------------------------------------------------------------------------------------
@@ -381,7 +375,7 @@ kind = "handover"
         load_plan(path)
     assert str(caught.value) == f"{problems[0]} (and 5 more)"
     everything = check_plan(path)
-    assert len(everything) == 7 and everything[-1].severity == "warning"
+    assert everything == problems  # the handover stage at the end is valid as it stands: no warning
 
 
 # -- the line scanner ------------------------------------------------------------------------------
@@ -504,3 +498,119 @@ def test_mutated_plans_never_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     loaded.state_dir()
     loaded.state_url()
     loaded.archive_target()
+
+
+# -- shutdown and final_checks -----------------------------------------------------------------------
+
+def shutdown_text(folder: Path, hosts: str, stage: str = 'known_hosts = "known_hosts"') -> str:
+    (folder / "known_hosts").write_text("")
+    (folder / "id_ed25519").write_text("")
+    return VALID + f'\n[[stages]]\nkind = "shutdown"\n{stage}\n{hosts}'
+
+
+def host(name: str, after: str = "", extra: str = "") -> str:
+    return (f'\n[[stages.hosts]]\nname = "{name}"\naddress = "10.0.0.1"\nuser = "decom"\nkey_file = "id_ed25519"\n'
+            f'after = [{after}]\n{extra}\n[[stages.hosts.actions]]\nkind = "service"\nname = "edm-web"\n')
+
+
+def test_a_shutdown_plan_with_hosts_and_actions_is_valid(tmp_path: Path) -> None:
+    text = shutdown_text(tmp_path, host("db1", '"app1"') + host("app1") + """
+[[stages.hosts.actions]]
+kind = "cron"
+file = "/etc/cron.d/edm-sync"
+pattern = "disi-sync"
+[[stages.hosts.actions]]
+kind = "remove_file"
+path = "/srv/directum/keys/exchange.pfx"
+mode = "shred"
+""")
+    loaded = load_plan(write(tmp_path, text))
+    stage = loaded.spec.stages[1]
+    assert stage.kind == "shutdown" and [h.name for h in stage.hosts] == ["db1", "app1"]
+    assert stage.step_timeout == 600 and stage.hosts[1].actions[2].mode == "shred"
+
+
+def test_shutdown_dependency_cycles_and_unknown_hosts_are_errors(tmp_path: Path) -> None:
+    text = shutdown_text(tmp_path, host("app1", '"db1"') + host("db1", '"app1"') + host("web", '"nobody"'))
+    problems = errors_of(write(tmp_path, text))
+    assert {(p.key, p.message) for p in problems} == {
+        ("stages[1].hosts[2].after", "no other host named 'nobody' in this stage"),
+        ("stages[1].hosts", "the hosts' `after` dependencies form a cycle: app1 -> db1 -> app1"),
+    }
+
+
+def test_every_host_needs_a_pinned_key_a_key_or_agent_and_no_password(tmp_path: Path) -> None:
+    text = shutdown_text(tmp_path, host("app1", extra='key_file = "missing.key"').replace(
+        'key_file = "id_ed25519"\n', "") + host("app2", extra="agent = true") + host(
+        "app3", extra='host_key_fingerprint = "MD5:aa:bb"'), stage="")
+    messages = {(p.key, p.message) for p in errors_of(write(tmp_path, text))}
+    assert ("stages[1].hosts[0].key_file", f"file not found: {tmp_path / 'missing.key'}") in messages
+    assert ("stages[1].hosts[1].agent", "give either key_file or agent = true, not both") in messages
+    assert ("stages[1].hosts[0]", "no pinned host key: set known_hosts for the stage or host_key_fingerprint "
+                                  "for this host") in messages
+    assert any(key == "stages[1].hosts[2].host_key_fingerprint" and "SHA256:" in message
+               for key, message in messages)
+    problem = only_error(write(tmp_path, shutdown_text(tmp_path, host("app1", extra='password = "x"'))))
+    assert problem.key == "stages[1].hosts[0].password" and "unknown key" in problem.message
+
+
+def test_shutdown_actions_are_checked_by_kind(tmp_path: Path) -> None:
+    actions = """
+[[stages.hosts.actions]]
+kind = "service"
+name = "edm-web"
+manager = "custom"
+stop = "kill 1"
+[[stages.hosts.actions]]
+kind = "cron"
+pattern = "disi"
+[[stages.hosts.actions]]
+kind = "remove_file"
+path = "keys/relative.pfx"
+[[stages.hosts.actions]]
+kind = "reboot"
+"""
+    problems = errors_of(write(tmp_path, shutdown_text(tmp_path, host("app1") + actions)))
+    messages = [(p.key, p.message) for p in problems]
+    assert ("stages[1].hosts[0].actions[1]", 'manager = "custom" needs both stop and status commands') in messages
+    assert ("stages[1].hosts[0].actions[2]", "give either file (a cron file) or user (that user's crontab)") in messages
+    assert ("stages[1].hosts[0].actions[3]", "path must be an absolute path on the host") in messages
+    assert ("stages[1].hosts[0].actions[4].kind", "unknown action kind 'reboot' (one of: service, timer, cron, port, "
+                                                  "remove_file, db_login)") in messages
+
+
+def test_final_checks_take_secrets_only_from_the_environment_or_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("APP_DB_URL", raising=False)
+    text = VALID + """
+[[stages]]
+kind = "final_checks"
+allowed_networks = ["10.0.0.0/8", "not-a-network"]
+[[stages.db_logins]]
+name = "written"
+url = "postgresql://edm_app:hunter2@db/edm"
+[[stages.db_logins]]
+name = "unset"
+url = "${APP_DB_URL}"
+[[stages.refused_ssh]]
+host = "nowhere"
+user = "edm"
+key_file = "old.key"
+[stages.ldap]
+url = "ldap://127.0.0.1:389"
+base_dn = "dc=example"
+bind_dn = "cn=reader,dc=example"
+bind_password = "plain"
+logins = ["ivanov"]
+"""
+    problems = errors_of(write(tmp_path, text))
+    messages = [(p.key, p.message) for p in problems]
+    assert ("stages[1].db_logins[0].url", "the login's URL holds its password: reference it as ${ENV_VAR} or use "
+                                         "url_file") in messages
+    assert ("stages[1].db_logins[1].url", "environment variable APP_DB_URL is not set") in messages
+    assert ("stages[1].refused_ssh[0].host", "no host named 'nowhere' in this stage") in messages
+    assert ("stages[1].refused_ssh[0].key_file", f"file not found: {tmp_path / 'old.key'}") in messages
+    assert ("stages[1].ldap.bind_password", "a secret is written in the plan; reference it as ${ENV_VAR} or use "
+                                            "the *_file key") in messages
+    assert any(key == "stages[1].allowed_networks[1]" and "not a network" in message for key, message in messages)
+    assert all("hunter2" not in str(p) for p in problems)

@@ -297,7 +297,12 @@ def test_the_signing_key_passphrase_never_reaches_the_record(recorded: Recorded)
     assert recorded.passphrase not in recorded.journal.read_text(encoding="utf-8")
 
 
-def test_sections_say_when_their_stage_is_not_in_the_plan_or_did_not_run(small_demo, tmp_path: Path) -> None:
+def test_sections_say_when_their_stage_is_not_in_the_plan_or_did_not_run(small_demo, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import decom.engine
+
+    # A final_checks stage this decom cannot run (as in a version without it): the record must say so.
+    monkeypatch.setattr(decom.engine, "AVAILABLE_STAGE_KINDS", decom.engine.AVAILABLE_STAGE_KINDS - {"final_checks"})
     url, content, _ = small_demo
     generate("signing", tmp_path / "keys" / "signing")
     plan = write_plan(tmp_path, url, content, extra_stages='''

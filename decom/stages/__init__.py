@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from decom.stages import access_audit, backup, inventory
+from decom.stages import access_audit, backup, final_checks, handover, inventory, shutdown
 
-REGISTRY: dict[str, Any] = {"inventory": inventory, "access_audit": access_audit, "backup": backup}
+REGISTRY: dict[str, Any] = {"inventory": inventory, "access_audit": access_audit, "backup": backup,
+                            "handover": handover, "shutdown": shutdown, "final_checks": final_checks}
