@@ -44,9 +44,9 @@ demo: demo-data ## build the demo legacy EDM and run plans/demo.toml end to end
 	$(DECOM) verify-record plans/demo.state/record --signer-key $(DEMO_DIR)/keys/signing.pub
 	@# Shutdown over SSH and final checks against a local throw-away sshd host (needs root + openssh-server;
 	@# otherwise demo_hosts.py prints one "skipped" line and the demo goes on without them).
-	@if $(PY) scripts/demo_hosts.py start --out $(DEMO_DIR)/hosts; then \
-	  $(DECOM) plan $(DEMO_DIR)/hosts/remote.toml && $(DECOM) run $(DEMO_DIR)/hosts/remote.toml; rc=$$?; \
-	  $(PY) scripts/demo_hosts.py stop --out $(DEMO_DIR)/hosts; [ $$rc -eq 0 ] || exit $$rc; fi
+	@if $(PY) scripts/demo_hosts.py start --out $(abspath $(DEMO_DIR))/hosts; then \
+	  $(DECOM) plan $(abspath $(DEMO_DIR))/hosts/remote.toml && $(DECOM) run $(abspath $(DEMO_DIR))/hosts/remote.toml; rc=$$?; \
+	  $(PY) scripts/demo_hosts.py stop --out $(abspath $(DEMO_DIR))/hosts; [ $$rc -eq 0 ] || exit $$rc; fi
 	@echo; echo "Dry-run report: plans/demo.state/reports/plan-report.html (also .md, .json)"; \
 	 echo "Inventory:      plans/demo.state/stages/inventory/summary.json"; \
 	 echo "Access audit:   plans/demo.state/stages/access_audit/exports/ (users, permissions, findings)"; \
