@@ -192,11 +192,16 @@ def write_exports(folder: Path, stages: list[StagePlan]) -> dict[str, Any]:
 
 # -- the tests ------------------------------------------------------------------------------------
 
-def test_demo_report_renders_in_headless_chromium(small_demo, tmp_path: Path, browser: Any) -> None:
+def test_demo_report_renders_in_headless_chromium(small_demo, tmp_path: Path, browser: Any,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from selenium.webdriver.common.by import By
 
+    import decom.engine
+
+    # A stage this decom cannot run (as in a version without it) must show as a blocker.
+    monkeypatch.setattr(decom.engine, "AVAILABLE_STAGE_KINDS", decom.engine.AVAILABLE_STAGE_KINDS - {"handover"})
     url, content, _ = small_demo
-    plan = write_plan(tmp_path, url, content, extra_stages='\n[[stages]]\nkind = "backup"\n')
+    plan = write_plan(tmp_path, url, content, extra_stages='\n[[stages]]\nkind = "handover"\n')
     report = make_plan_report(plan, tmp_path / "reports", expected_exit=3)
     data = report["json"]
     console = open_page(browser, report["html"])
@@ -206,7 +211,7 @@ def test_demo_report_renders_in_headless_chromium(small_demo, tmp_path: Path, br
     assert blockers.is_displayed()
     items = [li.text for li in blockers.find_elements(By.TAG_NAME, "li")]
     assert len(items) == len(data["blockers"]) == len(markdown_bullets(report["md"], "Blockers"))
-    assert any("stage 'backup' (kind backup) is not available yet" in item for item in items)
+    assert any("stage 'handover' (kind handover) is not available yet" in item for item in items)
     assert html_severity_counts(browser) == markdown_severity_counts(report["md"]) == data["finding_counts"]
     charts = by_css(browser, "figure.chart svg.bar-chart")
     assert charts and all(c.is_displayed() for c in charts)
