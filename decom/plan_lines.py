@@ -127,6 +127,18 @@ class _Scanner:
                 self.i = start + 1
         return self.found
 
+    def assignment(self, prefix: KeyPath) -> KeyPath:
+        """Read `dotted.key =`, record the line of every prefix of the key under `prefix`, return the key."""
+        pos = self.i
+        keys = self.dotted_key()
+        self.skip_space()
+        if self.peek() != "=":
+            raise _GiveUp
+        self.i += 1
+        for end in range(1, len(keys) + 1):
+            self.record(prefix + keys[:end], pos)
+        return keys
+
     def statement(self) -> None:
         self.skip_space()
         c = self.peek()
@@ -135,14 +147,7 @@ class _Scanner:
         if c == "[":
             self.header()
             return
-        pos = self.i
-        keys = self.dotted_key()
-        self.skip_space()
-        if self.peek() != "=":
-            raise _GiveUp
-        self.i += 1
-        for end in range(1, len(keys) + 1):
-            self.record(self.table + keys[:end], pos)
+        keys = self.assignment(self.table)
         self.skip_space()
         self.value(self.table + keys)
 
@@ -276,14 +281,7 @@ class _Scanner:
             if self.peek() == "}":
                 self.i += 1
                 return
-            pos = self.i
-            keys = self.dotted_key()
-            self.skip_space()
-            if self.peek() != "=":
-                raise _GiveUp
-            self.i += 1
-            for end in range(1, len(keys) + 1):
-                self.record(path + keys[:end], pos)
+            keys = self.assignment(path)
             self.skip_space()
             self.value(path + keys)
             self.skip_space(newlines=True)
