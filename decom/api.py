@@ -43,24 +43,28 @@ class PlanReport:
 
 
 def plan(plan_path: Path | str, *, state: Path | None = None, out: Path | None = None,
-         progress: Progress = QUIET) -> PlanReport:
-    """Dry run: ask every stage what it would do and write the report. Changes nothing in the source."""
+         stages: list[str] | None = None, progress: Progress = QUIET) -> PlanReport:
+    """Dry run: ask every stage (or only the named `stages`) what it would do and write the report.
+    Changes nothing in the source."""
     loaded = load_plan(plan_path)
     state_dir = _state_dir(loaded, state)
-    stages = engine.plan_stages(loaded, state_dir, progress)
+    planned = engine.plan_stages(loaded, state_dir, progress, only=stages)
     spec = loaded.spec.plan
+    warnings = [str(w) for w in loaded.warnings]
+    left_out = [s.name for s in loaded.spec.stages if s.name not in {p.stage for p in planned}]
+    if left_out:
+        warnings.append(f"dry run of some stages only (--stage); not planned here: {', '.join(left_out)}")
     header = {"name": spec.name, "owner": spec.owner, "ticket": spec.ticket, "file": str(loaded.path),
               "sha256": loaded.sha256, "source": loaded.source_url_redacted(),
-              "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-              "warnings": [str(w) for w in loaded.warnings]}
-    data = report_data(header, stages)
+              "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "warnings": warnings}
+    data = report_data(header, planned)
     out_dir = out or state_dir / "reports"
     markdown_path, json_path = out_dir / "plan-report.md", out_dir / "plan-report.json"
     html_path = out_dir / "plan-report.html"
     write_text(markdown_path, render_markdown(data))
     write_json(json_path, data)
     write_text(html_path, render_html(data))
-    return PlanReport(stages, data, markdown_path, json_path, html_path)
+    return PlanReport(planned, data, markdown_path, json_path, html_path)
 
 
 def run(plan_path: Path | str, *, state: Path | None = None, stages: list[str] | None = None,

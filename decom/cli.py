@@ -73,20 +73,23 @@ def plan(
     plan_file: PlanArg,
     state: StateOpt = None,
     out: Annotated[Path | None, typer.Option(help="Folder for the report (default: <state>/reports).")] = None,
+    stage: Annotated[list[str] | None, typer.Option("--stage", help="Plan only this stage (repeatable).")] = None,
 ) -> None:
     """Dry run: what every stage would do, with counts, estimates and blockers. Changes nothing.
 
     Writes plan-report.html (for people; opens offline, prints well), plan-report.md and
     plan-report.json. Exit 3 when there are blockers.
     """
-    report = api.plan(plan_file, state=state, out=out, progress=_progress())
-    for stage in report.stages:
-        marker = "" if stage.available else " (not available yet)"
-        _echo(f"{stage.stage}{marker}: {stage.summary}")
-        for action in stage.actions:
+    report = api.plan(plan_file, state=state, out=out, stages=stage, progress=_progress())
+    for planned in report.stages:
+        marker = "" if planned.available else " (not available yet)"
+        _echo(f"{planned.stage}{marker}: {planned.summary}")
+        for action in planned.actions:
             _echo(f"  - {action}")
     for blocker in report.blockers:
         _echo(f"BLOCKER: {blocker}")
+    if stage:
+        _echo(f"planned only: {', '.join(s.stage for s in report.stages)} (--stage)")
     _echo(f"report: {report.html_path}")
     _echo(f"        {report.markdown_path}")
     _echo(f"        {report.json_path}")

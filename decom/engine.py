@@ -154,6 +154,17 @@ class RunResult:
     journal_head: str
 
 
+def select_stages(plan: LoadedPlan, names: list[str] | None) -> list[Any]:
+    """The plan's stage specs named in `names` (all when None), in plan order; UserError for an unknown name."""
+    stages = plan.spec.stages
+    if names:
+        unknown = sorted(set(names) - {s.name for s in stages})
+        if unknown:
+            raise UserError(f"{plan.path}: no stage named {', '.join(unknown)} "
+                            f"(stages: {', '.join(s.name for s in stages)})")
+    return [s for s in stages if names is None or s.name in names]
+
+
 class Runner:
     """Executes one plan under its lock. Use through decom.api.run."""
 
@@ -183,15 +194,8 @@ class Runner:
         self.store.record_plan_hash(self.name, self.plan.sha256)
 
     def execute(self, stage_names: list[str] | None) -> list[str]:
-        stages = self.plan.spec.stages
-        selected = [s for s in stages if stage_names is None or s.name in stage_names]
-        if stage_names:
-            unknown = sorted(set(stage_names) - {s.name for s in stages})
-            if unknown:
-                raise UserError(f"{self.plan.path}: no stage named {', '.join(unknown)} "
-                                f"(stages: {', '.join(s.name for s in stages)})")
         done: list[str] = []
-        for spec in selected:
+        for spec in select_stages(self.plan, stage_names):
             module = stage_module(spec.kind)
             if module is None:
                 self.journal.append("stage_not_available", run_id=self.run_id, stage=spec.name, kind=spec.kind)
@@ -308,12 +312,14 @@ def apply_acceptances(plan: LoadedPlan, stage: StagePlan) -> None:
     stage.blockers = remaining
 
 
-def plan_stages(plan: LoadedPlan, state_dir: Path, progress: Progress) -> list[StagePlan]:
-    """Every stage's read-only plan. A stage that cannot be planned reports that as a blocker."""
+def plan_stages(plan: LoadedPlan, state_dir: Path, progress: Progress,
+                only: list[str] | None = None) -> list[StagePlan]:
+    """Every stage's read-only plan (or only the stages named in `only`). A stage that cannot be planned
+    reports that as a blocker."""
     results: list[StagePlan] = []
     shared_adapter: LegacyAdapter | None = None
     try:
-        for spec in plan.spec.stages:
+        for spec in select_stages(plan, only):
             module = stage_module(spec.kind)
             if module is None:
                 results.append(StagePlan(spec.name, spec.kind, False,
