@@ -19,6 +19,10 @@ work without PAM and no password login can). Each host's root holds what a legac
 - a fake signing key `keys/exchange-signing.key`, and `quarantine/` for the remove_file action;
 - `log/` for access and auth logs a test plants.
 
+A caller that names the host in a static plan (scripts/demo_hosts.py for plans/demo.toml) gives it a
+`FixedHost`: a fixed root folder, SSH port, daemon port and an existing host key; and keys already in
+`<folder>/keys/` are reused. Tests give none: a fresh temp root, free ports and new keys.
+
 Without sshd installed the caller fails the test (scripts/services.sh installs it): never a skip.
 """
 
@@ -34,6 +38,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +99,10 @@ def keygen(path: Path, comment: str) -> Path:
     return path
 
 
+def _reuse_or_keygen(path: Path, comment: str) -> Path:
+    return path if path.exists() else keygen(path, comment)
+
+
 def fingerprint_of(public_key: Path) -> str:
     out = subprocess.run(["ssh-keygen", "-lf", str(public_key)], check=True, capture_output=True, text=True).stdout
     return out.split()[1]
@@ -124,6 +133,7 @@ class LabHost:
     host_key: Path
     sshd: subprocess.Popen[bytes] | None = None
     daemon: Daemon | None = None
+    daemon_port: int | None = None   # the daemon's fixed HTTP port (None: a free port each start)
 
     @property
     def config(self) -> Path:
@@ -185,7 +195,7 @@ class LabHost:
         keygen(self.host_key, f"host-{self.name}")
 
     def start_daemon(self, wait: bool = True) -> None:
-        port = free_port()
+        port = self.daemon_port or free_port()
         www = self.root / "www"
         process = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
                                     "--directory", str(www)], stdout=subprocess.DEVNULL,
@@ -245,12 +255,33 @@ class SshLab:
         self.sudoers.unlink(missing_ok=True)
 
 
-def _host(name: str, lab: SshLab, start: bool) -> LabHost:
-    root = Path(tempfile.mkdtemp(prefix="decomhost-"))
+@dataclass(frozen=True)
+class FixedHost:
+    """A host at the places a static plan names: root folder (must not exist yet), ports, host key."""
+
+    root: Path
+    port: int
+    daemon_port: int
+    host_key: Path               # an existing private key, its .pub beside it; copied into root/sshd/
+
+
+def _host(name: str, lab: SshLab, start: bool, fixed: FixedHost | None = None) -> LabHost:
+    if fixed is None:
+        root = Path(tempfile.mkdtemp(prefix="decomhost-"))
+    else:
+        root = fixed.root
+        root.mkdir(parents=True)
     root.chmod(0o755)
     for sub in ("sshd", "cron.d", "keys", "run", "www", "log"):
         (root / sub).mkdir(mode=0o755)
-    host = LabHost(name, free_port(), root, keygen(root / "sshd" / "host_ed25519_key", f"host-{name}"))
+    host_key = root / "sshd" / "host_ed25519_key"
+    if fixed is None:
+        host = LabHost(name, free_port(), root, keygen(host_key, f"host-{name}"))
+    else:
+        shutil.copyfile(fixed.host_key, host_key)
+        shutil.copyfile(fixed.host_key.with_suffix(".pub"), host_key.with_suffix(".pub"))
+        host_key.chmod(0o600)
+        host = LabHost(name, fixed.port, root, host_key, daemon_port=fixed.daemon_port)
     public = lab.client_key.with_suffix(".pub").read_text()
     for user in (USER, PASSWORD_SUDO_USER):
         (root / "sshd" / f"authorized_keys.{user}").write_text(public)
@@ -265,8 +296,10 @@ def _host(name: str, lab: SshLab, start: bool) -> LabHost:
     return host
 
 
-def start_lab(folder: Path, names: tuple[str, ...] = ("app1", "app2", "db1"), *, start: bool = True) -> SshLab:
-    """Hosts with sshd and daemon running (start=False: configured only, nothing listening: a host that is down)."""
+def start_lab(folder: Path, names: tuple[str, ...] = ("app1", "app2", "db1"), *, start: bool = True,
+              fixed: Mapping[str, FixedHost] | None = None) -> SshLab:
+    """Hosts with sshd and daemon running (start=False: configured only, nothing listening: a host that is down).
+    `fixed` places the hosts it names (see FixedHost); keys already in `folder/keys/` are reused."""
     if not os.access(SSHD, os.X_OK) or shutil.which("sudo") is None:
         raise SshdUnavailable(f"{SSHD} or sudo is not installed (package openssh-server, sudo)")
     for user in (USER, PASSWORD_SUDO_USER):
@@ -276,7 +309,8 @@ def start_lab(folder: Path, names: tuple[str, ...] = ("app1", "app2", "db1"), *,
     keys = folder / "keys"
     keys.mkdir(exist_ok=True)
     sudoers = Path("/etc/sudoers.d") / f"decom-test-{secrets.token_hex(6)}"  # no '.' in the name, or sudo skips it
-    lab = SshLab(folder, keygen(keys / "id_ed25519", "decom-test"), keygen(keys / "stranger", "stranger"), sudoers)
+    lab = SshLab(folder, _reuse_or_keygen(keys / "id_ed25519", "decom-test"),
+                 _reuse_or_keygen(keys / "stranger", "stranger"), sudoers)
     rule = f"{USER} ALL=(root) NOPASSWD: ALL\n{PASSWORD_SUDO_USER} ALL=(root) ALL\n"
     staged = folder / "sudoers.check"
     staged.write_text(rule)
@@ -285,7 +319,7 @@ def start_lab(folder: Path, names: tuple[str, ...] = ("app1", "app2", "db1"), *,
     sudoers.chmod(0o440)
     try:
         for name in names:
-            lab.hosts[name] = _host(name, lab, start)
+            lab.hosts[name] = _host(name, lab, start, (fixed or {}).get(name))
         for host in lab.hosts.values() if start else ():
             host.wait_sshd()
             host.wait_daemon()

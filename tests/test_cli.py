@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import socket
 from pathlib import Path
+from types import ModuleType
 
 import pytest
-from conftest import write_plan
+from conftest import REPO, write_plan
 
 from decom.cli import run_cli
 
@@ -21,18 +24,90 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
     assert "Usage:" in out and "--help" in out
 
 
-def test_validate_accepts_the_demo_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The shipped demo plan is valid once make demo has made its keys (here: made in a copy)."""
+def demo_hosts() -> ModuleType:
+    """scripts/demo_hosts.py, which prepares and starts the demo plan's host app1."""
+    spec = importlib.util.spec_from_file_location("demo_hosts", REPO / "scripts" / "demo_hosts.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def demo_copy(folder: Path) -> Path:
+    """plans/ copied into `folder` with what make demo-data makes beside it (but no EDM): demo-data/keys/ and
+    demo-data/hosts/ (scripts/demo_hosts.py prepare). Returns the copy of plans/demo.toml."""
     import shutil
 
     from decom.archive.keys import generate
 
-    repo = Path(__file__).resolve().parent.parent
-    shutil.copytree(repo / "plans", tmp_path / "plans", ignore=shutil.ignore_patterns("*.state"))
-    generate("recipient", tmp_path / "demo-data" / "keys" / "auditor")
-    generate("signing", tmp_path / "demo-data" / "keys" / "signing")
-    assert run_cli(["validate", str(tmp_path / "plans" / "demo.toml")]) == 0
+    shutil.copytree(REPO / "plans", folder / "plans", ignore=shutil.ignore_patterns("*.state"))
+    generate("recipient", folder / "demo-data" / "keys" / "auditor")
+    generate("signing", folder / "demo-data" / "keys" / "signing")
+    assert demo_hosts().prepare(folder / "demo-data" / "hosts") == 0
+    return folder / "plans" / "demo.toml"
+
+
+def test_validate_accepts_the_demo_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped demo plan is valid once make demo-data has made its keys and app1's ssh_config and
+    known_hosts (here: made beside a copy), whether or not the host can be started."""
+    plan = demo_copy(tmp_path)
+    assert run_cli(["validate", str(plan)]) == 0
     assert "valid" in capsys.readouterr().out
+    # What the static plan names on app1 is where scripts/demo_hosts.py start puts it.
+    hosts = demo_hosts()
+    text = plan.read_text(encoding="utf-8")
+    assert f'"{hosts.HOST_ROOT}/keys/exchange-signing.key"' in text and f"port = {hosts.DAEMON_PORT}" in text
+    config = (tmp_path / "demo-data" / "hosts" / "ssh_config").read_text(encoding="utf-8")
+    client_key = tmp_path / "demo-data" / "hosts" / "keys" / "id_ed25519"
+    assert "Host app1" in config and f"IdentityFile {client_key}" in config
+
+
+@pytest.mark.timeout(180)
+def test_the_demo_plan_runs_all_six_stages_and_records_shutdown_and_final_checks(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """make demo with app1 started: a copy of plans/demo.toml on the 2,000-document demo EDM and the real
+    sshd host (tests/ssh_hosts.py, through scripts/demo_hosts.py start) runs all six stages in one run,
+    and its one signed record holds the shutdown actions and the final checks."""
+    hosts = demo_hosts()
+    plan = demo_copy(tmp_path)
+    folder = tmp_path / "demo-data" / "hosts"
+    assert run_cli(["--quiet", "demo", "build", "--out", str(tmp_path / "demo-data")]) == 0
+    started = hosts.start(folder)
+    out = capsys.readouterr().out
+    if started != 0:  # no root, no sshd or a port taken: a failure here, never a skip
+        pytest.fail(out.strip() + " (run `make services`, as root)", pytrace=False)
+    try:
+        assert run_cli(["--quiet", "plan", str(plan)]) == 0, capsys.readouterr().out
+        assert "app1: service:edm-web: sudo -n -- sh -c 'kill $(cat" in capsys.readouterr().out
+        assert run_cli(["--quiet", "run", str(plan)]) == 0
+        assert run_cli(["--quiet", "record", str(plan)]) == 0
+    finally:
+        assert hosts.stop(folder) == 0
+    assert not hosts.HOST_ROOT.exists()
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", hosts.DAEMON_PORT)) != 0, "the demo daemon must be stopped"
+
+    record_dir = tmp_path / "plans" / "demo.state" / "record"
+    record = json.loads((record_dir / "record.json").read_bytes())
+    assert [r["status"] for r in record["runs"]] == ["done"]
+    actions = {a["details"]["action"]: a["details"]["status"] for a in record["shutdown"]["journal_actions"]
+               if a["event"] == "shutdown_action"}
+    root = hosts.HOST_ROOT
+    assert set(actions) == {"service:edm-web", f"cron:{root}/cron.d/edm-sync", f"port:{hosts.DAEMON_PORT}",
+                            f"remove_file:{root}/keys/exchange-signing.key"}
+    assert actions["service:edm-web"] == actions[f"remove_file:{root}/keys/exchange-signing.key"] == "done"
+    assert set(actions.values()) <= {"done", "already_done"}  # the port closes with the service
+    [stage] = record["final_checks"]["stages"]
+    checks = {c["id"]: c for c in stage["checks"]["checks"]}
+    assert {i for i, c in checks.items() if c["status"] == "pass"} == {
+        f"port:app1:{hosts.DAEMON_PORT}", f"http:app1:http://127.0.0.1:{hosts.DAEMON_PORT}/",
+        f"process:app1:http.server {hosts.DAEMON_PORT}", f"job:app1:{root}/cron.d/edm-sync:disi-sync",
+        f"key_file:app1:{root}/keys/exchange-signing.key"}
+    # The activity after the freeze the demo plants fails its checks, accepted on the record by the plan.
+    assert {i for i, c in checks.items() if c["status"] == "fail" and c["accepted_by"]} == {
+        f"logs:app1:{root}/log/access.log", "activity:source"}
+    signing_pub = tmp_path / "demo-data" / "keys" / "signing.pub"
+    assert run_cli(["--quiet", "verify-record", str(record_dir), "--signer-key", str(signing_pub)]) == 0
 
 
 MALFORMED = {
@@ -92,6 +167,46 @@ def test_missing_content_is_a_blocker_until_the_plan_accepts_it_on_the_record(
     assert run_cli(["--quiet", "run", str(plan)]) == 0
     journal = (tmp_path / "test-plan.state" / "journal.jsonl").read_text(encoding="utf-8")
     assert '"event":"blocker_accepted"' in journal and "Records office lead" in journal
+
+
+def test_plan_with_stage_plans_only_those_stages(small_demo, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A host that does not answer is a blocker of the shutdown stage's dry run; `decom plan --stage` (as
+    make demo without its host) plans the other stages alone, and says which it left out."""
+    from ssh_hosts import free_port
+
+    url, content, _ = small_demo
+    (tmp_path / "known_hosts").write_text("", encoding="utf-8")
+    (tmp_path / "id_ed25519").write_text("not a key: never read, the host does not answer\n", encoding="utf-8")
+    shutdown = f"""
+[[stages]]
+kind = "shutdown"
+known_hosts = "known_hosts"
+[[stages.hosts]]
+name = "app1"
+address = "127.0.0.1"
+port = {free_port()}
+user = "edm"
+key_file = "id_ed25519"
+[[stages.hosts.actions]]
+kind = "port"
+port = 8080
+"""
+    plan = write_plan(tmp_path, url, content, access_audit=True, extra_stages=shutdown + ACCEPT_MISSING)
+    assert run_cli(["--quiet", "plan", str(plan)]) == 3
+    assert "BLOCKER: shutdown: " in capsys.readouterr().out
+
+    assert run_cli(["--quiet", "plan", str(plan), "--stage", "inventory", "--stage", "access_audit"]) == 0
+    out = capsys.readouterr().out
+    assert "BLOCKER" not in out and "planned only: inventory, access_audit (--stage)" in out
+    report = json.loads((tmp_path / "test-plan.state" / "reports" / "plan-report.json").read_text(encoding="utf-8"))
+    assert [s["stage"] for s in report["stages"]] == ["inventory", "access_audit"] and report["ready"] is True
+    assert any("not planned here: shutdown" in w for w in report["plan"]["warnings"])
+    assert "not planned here: shutdown" in (tmp_path / "test-plan.state" / "reports" / "plan-report.html").read_text(
+        encoding="utf-8")
+
+    assert run_cli(["--quiet", "plan", str(plan), "--stage", "inventroy"]) == 2
+    assert "no stage named inventroy (stages: inventory, access_audit, shutdown)" in capsys.readouterr().err
 
 
 LOCKDOWN_EVERYTHING = """
