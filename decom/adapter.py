@@ -79,6 +79,16 @@ class LegacyAdapter(Protocol):
     def open_many(self, versions: Sequence[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], BinaryIO | None]]:
         """(version, stream, or None when its content is missing) for many versions, in order."""
 
+    def content_batches(self, versions: Sequence[Mapping[str, Any]],
+                        max_bytes: int) -> Iterator[tuple[Sequence[Mapping[str, Any]], pa.Array]] | None:
+        """The whole bytes of many versions, batch by batch in order: (versions, Arrow binary array with
+        one value per version, null when missing), each batch about `max_bytes` of recorded size.
+
+        Optional (the backup looks it up with getattr): a source that can hand over many blobs at
+        once into Arrow implements it; None, or no such method, means the backup streams each
+        version through open_many.
+        """
+
     def content_files(self) -> Iterator[tuple[str, int]]:
         """Every file under the content root as (relative POSIX path, size); empty for blob sources."""
 

@@ -9,7 +9,9 @@ only columns Arrow cannot cast (text dates, epoch integers) fall back to decom.c
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -60,6 +62,68 @@ def read_adbc(uri: str, sql: str, batch_rows: int) -> tuple[list[str], Iterator[
             conn.close()
 
     return [n.lower() for n in reader.schema.names], batches()
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+class AdbcPool:
+    """ADBC connections kept open for many queries (a connection costs tens of milliseconds: the
+    driver reads the server's type catalogue). One connection serves one thread at a time."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+
+    def _connect(self) -> Any:
+        import adbc_driver_manager
+        import adbc_driver_postgresql.dbapi as pg
+
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        try:
+            return pg.connect(self.uri)
+        except adbc_driver_manager.Error as exc:
+            raise AdbcError(_first_line(exc)) from None
+
+    @contextmanager
+    def session(self) -> Iterator[Callable[[str], pa.Table]]:
+        """Yields a function running a query into an Arrow table, on a connection of the pool."""
+        import adbc_driver_manager
+
+        conn = self._connect()
+        healthy = True
+
+        def query(sql: str) -> pa.Table:
+            nonlocal healthy
+            try:
+                with conn.cursor() as cursor:
+                    cursor.execute(sql)
+                    return cursor.fetch_arrow_table()
+            except adbc_driver_manager.Error as exc:
+                healthy = False
+                raise AdbcError(_first_line(exc)) from None
+
+        try:
+            yield query
+        except BaseException:
+            healthy = False
+            raise
+        finally:
+            if healthy:
+                with self._lock:
+                    self._idle.append(conn)
+            else:
+                conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 def _cast(array: pa.Array, target: pa.DataType) -> pa.Array:

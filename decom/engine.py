@@ -105,6 +105,7 @@ class StageContext:
     current_step: str = ""
     journal: Journal | None = None
     run_id: str = ""
+    on_close: list[Callable[[], None]] = field(default_factory=list)   # e.g. stop a read-ahead thread
 
     def record(self, event: str, **details: Any) -> None:
         """Journal an action of the current step (a dry run has no journal and records nothing)."""
@@ -125,6 +126,8 @@ class StageContext:
         crashpoint(self.current_step, point)
 
     def close(self) -> None:
+        while self.on_close:
+            self.on_close.pop()()
         if self._adapter is not None:
             self._adapter.close()
             self._adapter = None

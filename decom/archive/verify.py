@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from decom.archive.filehash import sha256_files
 from decom.archive.keys import fingerprint
 from decom.archive.manifest import MANIFEST, SIGNATURE, merkle_root, read_manifest, signature_problem
 from decom.archive.pme import ArchiveKeyError, open_encrypted, read_all
@@ -57,7 +58,6 @@ _SIGNER_FP = re.compile(r"ed25519:[0-9a-f]{64}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _PER_FILE = 10          # content problems reported per file before "and N more"
 _DATA_BATCH = 65_536    # rows per batch when decrypting a data file
-_SMALL = 1 << 20        # files up to this size are hashed with one read
 
 
 @dataclass(frozen=True)
@@ -89,13 +89,6 @@ def check_signer(signer: Ed25519PublicKey | str) -> Ed25519PublicKey | str:
         raise UserError(f"signer fingerprint {signer!r} is not of the form ed25519:<64 hex digits> "
                         "(the decommission report and the journal print it)")
     return text
-
-
-def _sha256_file(path: str, size: int) -> str:
-    with open(path, "rb") as handle:
-        if size <= _SMALL:   # one read for a small file; larger ones stream in blocks
-            return hashlib.sha256(handle.read(_SMALL + 1)).hexdigest()
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _batches(parquet: pq.ParquetFile, batch_size: int) -> Iterator[pa.RecordBatch]:
@@ -259,22 +252,26 @@ class _Verifier:
     def hashes(self) -> None:
         by_hash = {f["sha256"]: f["path"] for f in self.files}
         base = os.fspath(self.archive)
+        on_disk: list[tuple[dict[str, Any], str, int]] = []
         for entry in self.files:
             path = entry["path"]
             file = os.path.join(base, path)   # plain strings: 10,000 files must take well under a second
             try:
-                size = os.stat(file).st_size
+                on_disk.append((entry, file, os.stat(file).st_size))
             except FileNotFoundError:
                 self.problem(path, "missing: listed in the manifest but not in the archive (deleted?)", "missing")
-                continue
             except OSError as exc:
                 self.problem(path, f"cannot be read: {exc.strerror}", "missing")
+        digests = sha256_files([(file, size) for _, file, size in on_disk])
+        for (entry, _, size), digest in zip(on_disk, digests, strict=True):
+            path = entry["path"]
+            if isinstance(digest, OSError):
+                self.problem(path, f"cannot be read: {digest.strerror}", "missing")
                 continue
             self.present.add(path)
             self.result.checked["files"] += 1
             self.result.checked["rows"] += entry["rows"]
             self.result.checked["bytes"] += size
-            digest = _sha256_file(file, size)
             if digest == entry["sha256"] and size == entry["size"]:
                 continue
             other = by_hash.get(digest)

@@ -1,20 +1,17 @@
 """The backup's content parts, keys, freeze-point checks and dry run.
 
-Content streams in 1 MiB chunks from the adapter into an encrypted part; a version is never held
-in memory whole, and a part's buffer is flushed as a row group every 16 MiB.
+A reader thread fetches content (Arrow batches from the adapter, or streams), cuts it into 1 MiB
+chunks and hashes it (decom/stages/backup_chunks.py); the step's thread encrypts and writes each
+piece as one row group of about 16 MiB. Versions larger than 4 MiB stream and are never held whole.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import queue
-import threading
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,15 +20,10 @@ import pyarrow.parquet as pq
 from decom.engine import StageContext, StagePlan
 from decom.errors import UserError
 from decom.fileio import TMP_MARK, write_json
+from decom.read_ahead import ReadAhead, read_ahead
+from decom.stages.backup_chunks import CONTENT_SCHEMA, ROW_GROUP_BYTES, Piece, pieces_from_stream, pieces_from_values
 
-CHUNK = 1 << 20
-ROW_GROUP_BYTES = 16 << 20
 LIST_LIMIT = 100
-
-CONTENT_SCHEMA = pa.schema([
-    ("document_id", pa.string()), ("version_id", pa.string()), ("chunk_index", pa.int32()),
-    ("offset", pa.int64()), ("bytes", pa.binary()), ("chunk_sha256", pa.string()),
-])
 
 
 # --- keys ------------------------------------------------------------------------------------------
@@ -124,159 +116,119 @@ def _inventory_hashes(ctx: StageContext) -> dict[str, str]:
     return dict(ctx.cache["inventory_hashes"])
 
 
-class _PartBuffer:
-    """Collects chunk rows into row groups of ~16 MiB and writes them on a writer thread.
-
-    pyarrow encodes and encrypts without the GIL, so writing one row group overlaps reading and
-    hashing the next. At most one write is pending: memory stays at about two row groups.
-    """
-
-    def __init__(self, writer: Any) -> None:
-        self.writer, self.bytes = writer, 0
-        self.columns: dict[str, list[Any]] = {n: [] for n in CONTENT_SCHEMA.names}
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="content-writer")
-        self.pending: Future[None] | None = None
-
-    def add(self, **row: Any) -> None:
-        for name, value in row.items():
-            self.columns[name].append(value)
-        self.bytes += len(row["bytes"])
-        if self.bytes >= ROW_GROUP_BYTES:
-            self.flush(wait=False)
-
-    def _wait(self) -> None:
-        if self.pending is not None:
-            self.pending.result()  # re-raises a write error (e.g. disk full) here
-            self.pending = None
-
-    def flush(self, wait: bool = True) -> None:
-        if self.columns["version_id"]:
-            table = pa.table(self.columns, schema=CONTENT_SCHEMA)
-            self.columns, self.bytes = {n: [] for n in CONTENT_SCHEMA.names}, 0
-            self._wait()
-            self.pending = self.pool.submit(self.writer.write, table, table.num_rows)
-        if wait:
-            self._wait()
-
-    def close(self) -> None:
-        try:
-            self._wait()
-        finally:
-            self.pool.shutdown(wait=True)
+SMALL_VERSION = 4 << 20   # versions up to this size are read whole and batched; larger ones stream
+PREFETCH = 3              # pieces (about one row group each) chunked and hashed ahead of the writer
+FETCH_AHEAD = 2           # batches fetched from the source ahead of the hashing
 
 
-def _read_version(stream: Any) -> Iterator[tuple[bytes, str]]:
-    """(chunk, chunk SHA-256) of one version's stream, in order; one empty chunk for empty content."""
-    with stream:
-        block = stream.read(CHUNK)
-        following = stream.read(CHUNK) if len(block) == CHUNK else b""
-        if not following:  # one chunk: its hash is the version's hash, computed once
-            yield block, hashlib.sha256(block).hexdigest()
-            return
-        while block:
-            yield block, hashlib.sha256(block).hexdigest()
-            block, following = following, stream.read(CHUNK) if following else b""
+class _Rest:
+    """A stream whose first bytes were already read: `head`, then the rest of `stream`."""
+
+    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+        self.head, self.stream = memoryview(head), stream
+
+    def read(self, size: int) -> bytes:
+        out, self.head = bytes(self.head[:size]), self.head[size:]
+        while len(out) < size and (more := self.stream.read(size - len(out))):  # full chunks: 1 MiB each
+            out += more
+        return out
+
+    def __enter__(self) -> _Rest:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stream.close()
 
 
-def _produce(ctx: StageContext, rows: list[dict[str, Any]], out: queue.Queue[Any], stop: threading.Event) -> None:
-    """Reader thread: read and hash small versions ahead of the writer (reads and hashing release the GIL).
-
-    Puts (row, chunks, version_sha256): chunks a list for small versions (hash known), a generator
-    for large ones (hashed by the writer as it streams them), None when the content is missing.
-    """
-    try:
-        for row, stream in ctx.adapter.open_many(rows):
-            if stop.is_set():
-                return
-            if stream is None:
-                out.put((row, None, None))
-            elif int(row.get("size_bytes") or 0) <= SMALL_VERSION:
-                chunks = list(_read_version(stream))
-                out.put((row, chunks, _joined_sha256(chunks)))
-            else:
-                out.put((row, _read_version(stream), None))
-        out.put(_DONE)
-    except BaseException as exc:  # hand any failure to the writer thread, which raises it
-        out.put(exc)
-
-
-def _joined_sha256(chunks: list[tuple[bytes, str]]) -> str:
-    if len(chunks) == 1:
-        return chunks[0][1]
-    digest = hashlib.sha256()
-    for block, _ in chunks:
-        digest.update(block)
-    return digest.hexdigest()
-
-
-_DONE = object()
-PREFETCH = 16
-SMALL_VERSION = 4 * CHUNK
-
-
-def _write_version(ctx: StageContext, row: dict[str, Any], chunks: Iterable[tuple[bytes, str]] | None,
-                   known_sha: str | None, buffer: _PartBuffer, part: str) -> dict[str, Any]:
-    entry: dict[str, Any] = {"document_id": row["document_id"], "version_id": row["version_id"]}
-    if chunks is None:
-        return {**entry, "missing": True}
-    digest = hashlib.sha256() if known_sha is None else None
-    offset, index = 0, 0
-    bar = ctx.cache.get("bar")
-    try:
-        for block, chunk_sha in chunks:
-            if digest is not None:
-                digest.update(block)
-            buffer.add(document_id=row["document_id"], version_id=row["version_id"], chunk_index=index,
-                       offset=offset, bytes=block, chunk_sha256=chunk_sha)
-            offset, index = offset + len(block), index + 1
-            if bar is not None:
-                bar.update(len(block))
-    except FileNotFoundError:
-        return {**entry, "missing": True}
-    sha = known_sha if digest is None else digest.hexdigest()
-    return {**entry, "size": offset, "sha256": sha, "part": part, "chunks": index}
+def _pieces(ctx: StageContext, rows: list[dict[str, Any]], part: str) -> Iterator[Piece]:
+    """The part's content as pieces, in the order of `rows`: Arrow batches from the adapter when it
+    offers them (content_batches), else small versions read whole and batched, large ones streamed."""
+    bulk = getattr(ctx.adapter, "content_batches", None)
+    batches = bulk(rows, ROW_GROUP_BYTES) if bulk is not None else None
+    if batches is not None:  # the source answers the next query while this batch is hashed
+        with read_ahead(batches, FETCH_AHEAD, "content-fetch") as fetched:
+            for batch_rows, blobs in fetched:
+                yield from pieces_from_values(batch_rows, blobs, part)
+        return
+    held: list[Mapping[str, Any]] = []
+    values: list[bytes | None] = []
+    size = 0
+    for row, stream in ctx.adapter.open_many(rows):
+        data: bytes | None = None
+        large: BinaryIO | _Rest | None = None
+        if stream is not None:
+            try:
+                if int(row.get("size_bytes") or 0) > SMALL_VERSION:
+                    large = stream
+                else:
+                    data = stream.read(SMALL_VERSION + 1)
+                    if len(data) > SMALL_VERSION:  # larger than recorded: stream the rest
+                        large, data = _Rest(data, stream), None
+                    else:
+                        stream.close()
+            except FileNotFoundError:
+                stream.close()
+                data = None
+        if large is not None or size >= ROW_GROUP_BYTES:
+            if held:
+                yield from pieces_from_values(held, pa.array(values, pa.binary()), part)
+            held, values, size = [], [], 0
+        if large is not None:
+            yield from pieces_from_stream(row, large, part)  # type: ignore[arg-type]
+            continue
+        held.append(row)
+        values.append(data)
+        size += len(data or b"")
+    if held:
+        yield from pieces_from_values(held, pa.array(values, pa.binary()), part)
 
 
-def write_part(ctx: StageContext, number: int) -> dict[str, Any]:
-    from decom.archive.pme import encrypted_file
-
+def _read_part(ctx: StageContext, number: int) -> ReadAhead[Piece]:
+    """Start reading part `number` on its own threads (also used to read the next part early)."""
     if "parts" not in ctx.cache:
         ctx.cache["parts"] = pq.read_table(ctx.state_dir / ctx.outputs["parts"]["file"])
     parts: pa.Table = ctx.cache["parts"]
     rows = parts.filter(pc.equal(parts.column("part"), number)).to_pylist()
+    reader = read_ahead(_pieces(ctx, rows, f"content/part-{number:06d}.parquet"), PREFETCH, "content-reader")
+    ctx.on_close.append(reader.close)  # a run that stops between parts leaves no reader behind
+    return reader
+
+
+def write_part(ctx: StageContext, number: int) -> dict[str, Any]:
+    """One encrypted content part. Reading the next part starts once this one's content is written,
+    so it overlaps this part's fsync, test decrypt and checkpoint (a crash loses only that read)."""
+    from decom.archive.pme import encrypted_file
+
+    early = ctx.cache.pop("next_part", None)
+    if early is not None and early[0] != number:
+        early[1].close()
+        early = None
+    pieces = early[1] if early is not None else _read_part(ctx, number)
     opened = ctx.outputs["open"]
     path = f"content/part-{number:06d}.parquet"
     inventory = _inventory_hashes(ctx)
-    versions, changed = [], []
-    ahead: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH)
-    stop = threading.Event()
-    reader = threading.Thread(target=_produce, args=(ctx, rows, ahead, stop), daemon=True, name="content-reader")
-    reader.start()
+    versions: list[dict[str, Any]] = []
+    bar = ctx.cache.get("bar")
     try:
         with encrypted_file(Path(opened["archive_dir"]), path, CONTENT_SCHEMA, recipients(ctx),
                             opened["archive_id"], compression="none", before_commit=lambda: ctx.crashpoint("inside"),
                             proof_columns=["version_id", "chunk_index", "chunk_sha256"]) as (writer, done):
-            buffer = _PartBuffer(writer)
-            while (item := ahead.get()) is not _DONE:
-                if isinstance(item, BaseException):
-                    raise item
-                row, chunks, known_sha = item
-                entry = _write_version(ctx, row, chunks, known_sha, buffer, path)
-                versions.append(entry)
-                known = inventory.get(row["version_id"])
-                if known and entry.get("sha256") and known != entry["sha256"]:
-                    changed.append(row["version_id"])
-            try:
-                buffer.flush()
-            finally:
-                buffer.close()
+            for piece in pieces:
+                if piece.table is not None:
+                    writer.write(piece.table, row_group_size=piece.table.num_rows)
+                versions += piece.versions
+                if bar is not None:
+                    bar.update(piece.content_bytes)
+            if number < ctx.outputs["parts"]["parts"]:
+                ctx.cache["next_part"] = (number + 1, _read_part(ctx, number + 1))
+    except BaseException:
+        if "next_part" in ctx.cache:
+            ctx.cache.pop("next_part")[1].close()
+        raise
     finally:
-        stop.set()
-        while reader.is_alive():  # unblock a reader waiting on a full queue, then let it end
-            try:
-                ahead.get_nowait()
-            except queue.Empty:
-                reader.join(timeout=0.05)
+        pieces.close()
+    changed = [v["version_id"] for v in versions
+               if v.get("sha256") and inventory.get(v["version_id"], v["sha256"]) != v["sha256"]]
     sidecar = ctx.stage_dir / "content" / f"part-{number:06d}.json"
     write_json(sidecar, {"versions": versions, "changed_since_inventory": changed})
     return {"kind": "content", **vars(done[0]), "file": str(sidecar.relative_to(ctx.state_dir)),

@@ -1,0 +1,207 @@
+"""The backup's fast path, part by part: chunking Arrow content without copies, the read-ahead threads,
+the hashing O_DIRECT file sink, pooled ADBC connections and bulk blob batches from real databases.
+
+The end-to-end behaviour (archives that verify and restore, kill -9, disk full) is in test_backup.py;
+these tests pin the pieces whose edge cases an end-to-end run rarely reaches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+from decom.archive.filehash import sha256_file, sha256_files
+from decom.archive.pme import _HashingFile
+from decom.read_ahead import read_ahead
+from decom.stages.backup_chunks import CHUNK, ROW_GROUP_BYTES, pieces_from_stream, pieces_from_values
+
+
+def _rows(n: int) -> list[dict[str, str]]:
+    return [{"document_id": f"d{i}", "version_id": f"v{i}"} for i in range(n)]
+
+
+def _reassemble(pieces: list) -> tuple[dict[str, bytes], dict[str, dict]]:
+    """Bytes per version from the chunk rows (checking each chunk's hash and offset), and the entries."""
+    chunks: dict[str, list[tuple[int, int, bytes]]] = {}
+    entries = {}
+    for piece in pieces:
+        if piece.table is not None:
+            for row in piece.table.to_pylist():
+                assert hashlib.sha256(row["bytes"]).hexdigest() == row["chunk_sha256"]
+                assert len(row["bytes"]) <= CHUNK
+                chunks.setdefault(row["version_id"], []).append((row["chunk_index"], row["offset"], row["bytes"]))
+        for entry in piece.versions:
+            entries[entry["version_id"]] = entry
+    content = {}
+    for version, parts in chunks.items():
+        parts.sort()
+        assert [p[0] for p in parts] == list(range(len(parts))), f"{version}: chunk indexes not 0..n-1"
+        position = 0
+        for _, offset, data in parts:
+            assert offset == position
+            position += len(data)
+        content[version] = b"".join(p[2] for p in parts)
+    return content, entries
+
+
+SIZES = [0, 1, 4095, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 17, 0, 7 * CHUNK]
+
+
+@pytest.mark.parametrize("kind", [pa.binary(), pa.large_binary()])
+def test_whole_versions_are_cut_into_1_mib_chunks_with_exact_hashes_and_missing_ones_marked(kind) -> None:
+    blobs = [os.urandom(size) for size in SIZES]
+    values: list[bytes | None] = [*blobs[:4], None, *blobs[4:]]
+    rows = _rows(len(values))
+    pieces = list(pieces_from_values(rows, pa.array(values, kind), "content/part-000001.parquet"))
+    content, entries = _reassemble(pieces)
+    assert [e["version_id"] for p in pieces for e in p.versions] == [r["version_id"] for r in rows], "order kept"
+    for row, value in zip(rows, values, strict=True):
+        entry = entries[row["version_id"]]
+        if value is None:
+            assert entry == {"document_id": row["document_id"], "version_id": row["version_id"], "missing": True}
+            assert row["version_id"] not in content
+            continue
+        assert content[row["version_id"]] == value
+        assert entry["size"] == len(value) and entry["sha256"] == hashlib.sha256(value).hexdigest()
+        assert entry["chunks"] == max(1, -(-len(value) // CHUNK))
+    assert all(p.table is None or p.table.num_rows for p in pieces)
+    assert max(p.content_bytes for p in pieces) < ROW_GROUP_BYTES + CHUNK, "row groups stay bounded"
+
+
+def test_a_slice_of_a_larger_array_and_an_array_of_nulls_only() -> None:
+    blobs = [os.urandom(1000 + i) for i in range(10)]
+    array = pa.array(blobs, pa.binary()).slice(3, 4)  # offset into the buffers
+    content, entries = _reassemble(list(pieces_from_values(_rows(4), array, "p")))
+    assert [content[f"v{i}"] for i in range(4)] == blobs[3:7]
+    nulls = list(pieces_from_values(_rows(3), pa.nulls(3, pa.binary()), "p"))
+    assert [p.table for p in nulls] == [None]
+    assert [e.get("missing") for e in nulls[0].versions] == [True, True, True]
+
+
+def test_a_streamed_version_matches_the_whole_version_path_exactly() -> None:
+    for size in (0, 5, CHUNK, ROW_GROUP_BYTES, ROW_GROUP_BYTES + CHUNK + 3):
+        data = os.urandom(size)
+        row = {"document_id": "d", "version_id": "v"}
+        streamed = list(pieces_from_stream(row, io.BytesIO(data), "p"))
+        whole = list(pieces_from_values([row], pa.array([data], pa.binary()), "p"))
+        assert _reassemble(streamed) == _reassemble(whole), f"size {size}"
+        assert sum(len(p.versions) for p in streamed) == 1
+
+
+def test_read_ahead_hands_over_items_and_errors_and_releases_its_source_when_stopped_early() -> None:
+    closed = threading.Event()
+
+    def source():
+        try:
+            yield from range(1000)
+        finally:
+            closed.set()
+
+    with read_ahead(source(), 2, "test-reader") as items:
+        assert [next(items) for _ in range(3)] == [0, 1, 2]
+    assert closed.wait(5), "the source generator was closed on stop"
+    assert not any(t.name == "test-reader" for t in threading.enumerate())
+
+    def failing():
+        yield 1
+        raise OSError("disk gone")
+
+    items = read_ahead(failing(), 2, "test-reader")
+    assert next(items) == 1
+    with pytest.raises(OSError, match="disk gone"):
+        next(items)
+    assert list(read_ahead(iter(range(5)), 1, "test-reader")) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, _HashingFile.BLOCK - 1, _HashingFile.BLOCK,
+                                  _HashingFile.BLOCK + 1, 3 * _HashingFile.BLOCK + 4096 * 3 + 5])
+def test_the_archive_file_sink_writes_every_byte_and_hashes_what_it_wrote(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    target = tmp_path / "part.parquet"
+    sink = _HashingFile(target)
+    position, step = 0, 1
+    while position < size:  # uneven writes, as a Parquet writer makes them
+        step = step * 7 % 1_000_003 + 1
+        sink.write(data[position:position + step])
+        position += step
+    assert sink.tell() == size
+    sink.close()
+    sink.sync_and_close()
+    assert target.read_bytes() == data
+    assert sink.written == size and sink.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_file_hashes_come_back_in_order_with_an_error_in_place_of_an_unreadable_file(tmp_path: Path) -> None:
+    files = []
+    for i, size in enumerate([10, 3 << 20, 0, 5 << 20, 9 << 20]):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(os.urandom(size))
+        files.append((str(path), size))
+    files.insert(2, (str(tmp_path / "gone"), 2 << 20))
+    results = list(sha256_files(files))
+    for (path, size), result in zip(files, results, strict=True):
+        if path.endswith("gone"):
+            assert isinstance(result, FileNotFoundError)
+        else:
+            assert result == hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha256_file(path, size)
+
+
+def _blob_adapter(url: str, tmp_path: Path):
+    from decom.adapters.sql_generic import SqlGenericAdapter
+
+    from decom.adapter import SourceConfig
+
+    engine = sa.create_engine(url)
+    blob_type = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+    table = sa.Table("blob_store", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
+                     sa.Column("data", blob_type))
+    table.create(engine)
+    blobs = {i: os.urandom(i * 1000 + (3 * CHUNK if i == 7 else 0)) for i in range(1, 30)}
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"id": i, "data": b} for i, b in blobs.items()])
+    engine.dispose()
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text('[adapter]\ncapabilities = ["content_blobs"]\n'
+                       '[entities.documents]\nquery = "SELECT id AS document_id FROM blob_store"\n'
+                       '[content]\nkind = "blob"\nquery = "SELECT data FROM blob_store WHERE id = :content_ref"\n'
+                       'bulk_query = "SELECT id AS content_ref, data FROM blob_store"\n', encoding="utf-8")
+    adapter = SqlGenericAdapter(SourceConfig(adapter="sql_generic", url=url, content_root=None, plan_dir=tmp_path),
+                                mapping)
+    return adapter, blobs
+
+
+@pytest.mark.parametrize("server", ["pg_url", "mariadb_url"])
+def test_bulk_blob_batches_follow_the_requested_order_bound_their_size_and_mark_missing_refs(
+        server: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    adapter, blobs = _blob_adapter(request.getfixturevalue(server), tmp_path)
+    try:
+        order = [*range(29, 0, -1), 999]  # reverse key order, and a ref with no blob
+        versions = [{"version_id": f"v{i}", "document_id": f"d{i}", "content_ref": str(i),
+                     "size_bytes": len(blobs.get(i, b""))} for i in order]
+        batches = list(adapter.content_batches(versions, 64 * 1024))
+        assert len(batches) > 2, "split by recorded size"
+        seen = []
+        for rows, values in batches:
+            assert len(rows) == len(values)
+            small = sum(int(r["size_bytes"]) for r in rows)
+            assert len(rows) == 1 or small <= 64 * 1024
+            seen += [(r["content_ref"], v) for r, v in zip(rows, values.to_pylist(), strict=True)]
+        assert [ref for ref, _ in seen] == [str(i) for i in order]
+        assert {ref: v for ref, v in seen} == {**{str(i): b for i, b in blobs.items()}, "999": None}
+        if server == "pg_url":  # ADBC: connections are pooled, one reused for every batch and call
+            pool = adapter._adbc
+            assert pool is not None and len(pool._idle) == 1
+            first = pool._idle[0]
+            list(adapter.content_batches(versions[:3], 64 * 1024))
+            assert pool._idle == [first]
+    finally:
+        adapter.close()
+    assert adapter._adbc is None
