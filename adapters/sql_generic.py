@@ -10,7 +10,9 @@ import io
 import os
 import re
 import tomllib
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
@@ -27,6 +29,7 @@ from decom.errors import UserError
 from decom.model import ENTITIES
 
 _AGGREGATES = {"sum", "max", "min", "count"}
+FETCHERS = 3   # bulk content queries in flight at once, each on its own connection
 
 
 def redact_url(url: str) -> str:
@@ -305,37 +308,52 @@ class SqlGenericAdapter:
                 .select_from(sa.text(f"({self.content.bulk_query}) q"))
                 .where(sa.literal_column("q.content_ref").in_(values)))
 
+    def _fetch_batch(self, batch: Sequence[Mapping[str, Any]], uri: str | None) -> pa.Array:
+        """The blobs of one batch in its order (null where missing), over a pooled connection."""
+        refs = [str(v["content_ref"]) for v in batch if v.get("content_ref")]
+        if not refs:
+            return pa.nulls(len(batch), pa.binary())
+        query = self._bulk_sql(refs)
+        if uri is not None:
+            sql = str(query.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
+            with self._adbc_pool(uri).session() as run:
+                table = run(sql)
+            found, data = table.column(0).to_pylist(), table.column(1)
+        else:
+            with self.engine.connect() as conn:
+                rows = conn.execute(query).all()
+            found = [r[0] for r in rows]
+            data = pa.array([None if r[1] is None else bytes(r[1]) for r in rows], pa.large_binary())
+        wanted = [str(v.get("content_ref")) for v in batch]
+        found = [str(ref) for ref in found]
+        if found == wanted:  # the usual case (rows come in key order): no copy
+            return data
+        where = {ref: i for i, ref in enumerate(found)}
+        return pc.take(data, pa.array([where.get(ref) for ref in wanted], pa.int64()))
+
     def _blob_batches(self, versions: Sequence[Mapping[str, Any]],
                       max_bytes: int) -> Iterator[tuple[Sequence[Mapping[str, Any]], pa.Array]]:
+        """Batches in order, FETCHERS queries in flight on their own connections: one connection
+        waits on the server's round trips (MariaDB: ~180 MB/s on one, ~310 MB/s on three)."""
         uri = adbc_uri(self.engine.url)
+        batches = list(self._batches_by_size(versions, max_bytes))
+        pending: deque[tuple[Sequence[Mapping[str, Any]], Future[pa.Array]]] = deque()
+        pool = ThreadPoolExecutor(max_workers=FETCHERS, thread_name_prefix="blob-fetch")
         try:
-            with self._adbc_pool(uri).session() if uri is not None else self.engine.connect() as conn:
-                for batch in self._batches_by_size(versions, max_bytes):
-                    refs = [str(v["content_ref"]) for v in batch if v.get("content_ref")]
-                    if not refs:
-                        yield batch, pa.nulls(len(batch), pa.binary())
-                        continue
-                    query = self._bulk_sql(refs)
-                    if uri is not None:
-                        sql = str(query.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
-                        table = conn(sql)
-                        found, data = table.column(0).to_pylist(), table.column(1)
-                    else:
-                        rows = conn.execute(query).all()
-                        found = [r[0] for r in rows]
-                        data = pa.array([None if r[1] is None else bytes(r[1]) for r in rows], pa.large_binary())
-                    wanted = [str(v.get("content_ref")) for v in batch]
-                    found = [str(ref) for ref in found]
-                    if found == wanted:  # the usual case (rows come in key order): no copy
-                        yield batch, data
-                        continue
-                    where = {ref: i for i, ref in enumerate(found)}
-                    take = pa.array([where.get(ref) for ref in wanted], pa.int64())
-                    yield batch, pc.take(data, take)
+            for batch in batches:
+                pending.append((batch, pool.submit(self._fetch_batch, batch, uri)))
+                if len(pending) > FETCHERS:
+                    done, future = pending.popleft()
+                    yield done, future.result()
+            while pending:
+                done, future = pending.popleft()
+                yield done, future.result()
         except (SQLAlchemyError, AdbcError) as exc:
             detail = str(getattr(exc, "orig", exc)).splitlines()[0]
             raise UserError(f"{self.mapping_path}: [content] bulk_query failed on {redact_url(self.config.url)}: "
                             f"{detail}") from None
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def open_signature(self, signature: Mapping[str, Any]) -> BinaryIO:
         ref = signature.get("signature_ref")

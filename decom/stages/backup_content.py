@@ -7,7 +7,9 @@ piece as one row group of about 16 MiB. Versions larger than 4 MiB stream and ar
 
 from __future__ import annotations
 
+import io
 import json
+import os
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -153,34 +155,51 @@ def _pieces(ctx: StageContext, rows: list[dict[str, Any]], part: str) -> Iterato
     held: list[Mapping[str, Any]] = []
     values: list[bytes | None] = []
     size = 0
-    for row, stream in ctx.adapter.open_many(rows):
-        data: bytes | None = None
-        large: BinaryIO | _Rest | None = None
-        if stream is not None:
-            try:
-                if int(row.get("size_bytes") or 0) > SMALL_VERSION:
-                    large = stream
-                else:
-                    data = stream.read(SMALL_VERSION + 1)
-                    if len(data) > SMALL_VERSION:  # larger than recorded: stream the rest
-                        large, data = _Rest(data, stream), None
-                    else:
-                        stream.close()
-            except FileNotFoundError:
-                stream.close()
-                data = None
-        if large is not None or size >= ROW_GROUP_BYTES:
-            if held:
-                yield from pieces_from_values(held, pa.array(values, pa.binary()), part)
-            held, values, size = [], [], 0
-        if large is not None:
-            yield from pieces_from_stream(row, large, part)  # type: ignore[arg-type]
-            continue
-        held.append(row)
-        values.append(data)
-        size += len(data or b"")
+    with read_ahead(_opened(ctx, rows), FETCH_AHEAD * 64, "content-open") as opened:
+        for row, data, large in opened:
+            if large is not None or size >= ROW_GROUP_BYTES:
+                if held:
+                    yield from pieces_from_values(held, pa.array(values, pa.binary()), part)
+                held, values, size = [], [], 0
+            if large is not None:
+                yield from pieces_from_stream(row, large, part)
+                continue
+            held.append(row)
+            values.append(data)
+            size += len(data or b"")
     if held:
         yield from pieces_from_values(held, pa.array(values, pa.binary()), part)
+
+
+def _opened(ctx: StageContext, rows: list[dict[str, Any]]) -> Iterator[tuple[Mapping[str, Any], bytes | None,
+                                                                             BinaryIO | None]]:
+    """(version, its bytes, None) when small, (version, None, stream) when large, (version, None, None)
+    when missing; run on a thread of its own, so opening and reading files overlaps hashing."""
+    for row, stream in ctx.adapter.open_many(rows):
+        try:
+            yield (row, *_read_small(row, stream)) if stream is not None else (row, None, None)
+        except FileNotFoundError:
+            yield row, None, None
+
+
+def _read_small(row: Mapping[str, Any], stream: BinaryIO) -> tuple[bytes | None, BinaryIO | None]:
+    try:
+        size = os.fstat(stream.fileno()).st_size   # a file: its real size
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        size = int(row.get("size_bytes") or 0)     # a blob stream: the recorded size
+    if size > SMALL_VERSION:
+        return None, stream
+    try:
+        data = stream.read(size + 1)  # one byte more notices content that grew; never a 4 MiB buffer
+        if len(data) > size:
+            data += stream.read(SMALL_VERSION + 1 - len(data))
+            if len(data) > SMALL_VERSION:  # larger than it said: stream the rest
+                return None, _Rest(data, stream)  # type: ignore[return-value]
+    except BaseException:
+        stream.close()
+        raise
+    stream.close()
+    return data, None
 
 
 def _read_part(ctx: StageContext, number: int) -> ReadAhead[Piece]:
