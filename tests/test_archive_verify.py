@@ -30,7 +30,8 @@ from decom import api
 from decom.archive import pme
 from decom.archive.keys import canonical_json, fingerprint, generate, load_private, load_public
 from decom.archive.manifest import build_manifest, write_signed
-from decom.archive.verify import CONTENT_COLUMNS, verify_archive
+from decom.archive.verify import verify_archive
+from decom.archive.verify_files import CONTENT_COLUMNS
 from decom.cli import run_cli
 from decom.progress import Progress
 
@@ -292,8 +293,22 @@ def chunk_hash_wrong(archive: Path, b: Backups) -> Expect:
     return Expect(PART2, (), "content", "does not match its chunk_sha256")
 
 
+def chunks_not_consecutive(archive: Path, b: Backups) -> Expect:
+    """A version's chunks with another version's row between them (format section 3 forbids it)."""
+    def change(rows: dict[str, list[dict[str, Any]]]) -> None:
+        first = next(i for i, r in enumerate(rows[PART1]) if len(r["bytes"]) > 1)
+        row = rows[PART1][first]
+        half = len(row["bytes"]) // 2
+        head, tail = row["bytes"][:half], row["bytes"][half:]
+        rows[PART1][first] = {**row, "bytes": head, "chunk_sha256": hashlib.sha256(head).hexdigest()}
+        rows[PART1].insert(first + 2, {**row, "chunk_index": 1, "offset": half, "bytes": tail,
+                                       "chunk_sha256": hashlib.sha256(tail).hexdigest()})
+    rewrite_parts(archive, b, change)
+    return Expect(PART1, (), "content", "consecutive rows")
+
+
 DEEP: dict[str, Callable[[Path, Backups], Expect]] = {f.__name__: f for f in (
-    bytes_changed_after_hashing, version_in_the_wrong_part, chunk_hash_wrong)}
+    bytes_changed_after_hashing, version_in_the_wrong_part, chunk_hash_wrong, chunks_not_consecutive)}
 
 
 def cli_verify(archive: Path, b: Backups, *extra: str) -> list[str]:

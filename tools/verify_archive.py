@@ -223,6 +223,7 @@ class Check:
         expected = {(v["document_id"], v["version_id"]): v for v in versions
                     if not v.get("missing") and v.get("part") == path}
         seen: dict[tuple[str, str], list[Any]] = {}   # version -> [sha256 object, size, chunks]
+        previous: tuple[str, str] | None = None
         try:
             if entry["kind"] != "content":
                 for _batch in parquet.iter_batches(batch_size=65536):
@@ -235,6 +236,9 @@ class Check:
                     if key not in expected:
                         self.fail(path, f"holds chunks of version {key[1]} that the manifest does not put here")
                         expected[key] = {"sha256": None, "size": None, "chunks": None}
+                    if key != previous and key in seen:
+                        self.fail(path, f"chunks of version {key[1]} are not in consecutive rows")
+                    previous = key
                     state = seen.setdefault(key, [hashlib.sha256(), 0, 0])
                     if hashlib.sha256(data).hexdigest() != row["chunk_sha256"]:
                         self.fail(path, f"chunk {row['chunk_index']} of version {key[1]}: chunk_sha256 differs")

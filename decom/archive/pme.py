@@ -99,8 +99,10 @@ def decryption_properties(private: X25519PrivateKey, archive_id: str, path: str)
     return _decryption(private, archive_id, path)[0]
 
 
-def open_encrypted(file: Path, private: X25519PrivateKey | None, archive_id: str, path: str) -> pq.ParquetFile:
-    """Open an archive file for reading with page checksum verification, or raise ArchiveKeyError."""
+def open_encrypted(file: Path | pa.NativeFile, private: X25519PrivateKey | None, archive_id: str,
+                   path: str) -> pq.ParquetFile:
+    """Open an archive file (on disk, or its bytes already read) for reading with page checksum
+    verification, or raise ArchiveKeyError."""
     props, kms = _decryption(private, archive_id, path)
     try:
         return pq.ParquetFile(file, decryption_properties=props, page_checksum_verification=True)

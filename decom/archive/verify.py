@@ -22,22 +22,23 @@ and has a kind, for scripts:
     rows         a file holds another number of rows than the manifest says
     content      reassembled content differs from the manifest (chunk, version, part)
 
-Nothing here holds a whole file in memory: files are hashed in blocks, pages are read in batches
-and each version is hashed as its chunks stream past.
+Quick verification hashes files in blocks. Full verification reads each file once, two files at a
+time, and holds a file of up to 256 MiB in memory (content parts are 64 MiB by default) to hash and
+decrypt it from that one read; larger files are read twice. Pages are decrypted in batches and each
+version is hashed as its chunks stream past (decom/archive/verify_files.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -45,19 +46,16 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from decom.archive.filehash import sha256_files
 from decom.archive.keys import fingerprint
 from decom.archive.manifest import MANIFEST, SIGNATURE, merkle_root, read_manifest, signature_problem
-from decom.archive.pme import ArchiveKeyError, open_encrypted, read_all
+from decom.archive.pme import ArchiveKeyError, open_encrypted
+from decom.archive.verify_files import check_file, footer_findings
 from decom.errors import UserError
 from decom.progress import QUIET, Progress
 
 FORMAT_VERSION = 1
-CONTENT_COLUMNS = ["document_id", "version_id", "chunk_index", "offset", "bytes", "chunk_sha256"]
-MAX_CHUNK = 1 << 20
 _CONTENT_PATH = re.compile(r"content/part-[0-9]{6}\.parquet")
 _DATA_PATH = re.compile(r"data/([A-Za-z0-9_][A-Za-z0-9._-]*)\.parquet")
 _SIGNER_FP = re.compile(r"ed25519:[0-9a-f]{64}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_PER_FILE = 10          # content problems reported per file before "and N more"
-_DATA_BATCH = 65_536    # rows per batch when decrypting a data file
 
 
 @dataclass(frozen=True)
@@ -89,15 +87,6 @@ def check_signer(signer: Ed25519PublicKey | str) -> Ed25519PublicKey | str:
         raise UserError(f"signer fingerprint {signer!r} is not of the form ed25519:<64 hex digits> "
                         "(the decommission report and the journal print it)")
     return text
-
-
-def _batches(parquet: pq.ParquetFile, batch_size: int) -> Iterator[pa.RecordBatch]:
-    """Every batch of a data file (all columns, every page decrypted and checksum-verified)."""
-    try:
-        yield from parquet.iter_batches(batch_size=batch_size)
-    except (OSError, pa.ArrowException) as exc:
-        raise ArchiveKeyError("corrupt", f"a page does not decrypt or fails its checksum "
-                                         f"({str(exc).splitlines()[0]})") from None
 
 
 def _safe_path(path: str) -> bool:
@@ -249,20 +238,23 @@ class _Verifier:
 
     # --- the files on disk ---------------------------------------------------------------------------
 
-    def hashes(self) -> None:
-        by_hash = {f["sha256"]: f["path"] for f in self.files}
+    def on_disk(self) -> list[tuple[dict[str, Any], str, int]]:
+        """(entry, file, size) of each listed file that exists; the others are reported missing."""
         base = os.fspath(self.archive)
-        on_disk: list[tuple[dict[str, Any], str, int]] = []
+        found: list[tuple[dict[str, Any], str, int]] = []
         for entry in self.files:
             path = entry["path"]
             file = os.path.join(base, path)   # plain strings: 10,000 files must take well under a second
             try:
-                on_disk.append((entry, file, os.stat(file).st_size))
+                found.append((entry, file, os.stat(file).st_size))
             except FileNotFoundError:
                 self.problem(path, "missing: listed in the manifest but not in the archive (deleted?)", "missing")
             except OSError as exc:
                 self.problem(path, f"cannot be read: {exc.strerror}", "missing")
-        digests = sha256_files([(file, size) for _, file, size in on_disk])
+        return found
+
+    def hashes(self, on_disk: list[tuple[dict[str, Any], str, int]], digests: Iterable[str | OSError | None]) -> None:
+        by_hash = {f["sha256"]: f["path"] for f in self.files}
         for (entry, _, size), digest in zip(on_disk, digests, strict=True):
             path = entry["path"]
             if isinstance(digest, OSError):
@@ -274,7 +266,7 @@ class _Verifier:
             self.result.checked["bytes"] += size
             if digest == entry["sha256"] and size == entry["size"]:
                 continue
-            other = by_hash.get(digest)
+            other = by_hash.get(str(digest))
             if other is not None and other != path:
                 self.problem(path, f"SHA-256 {digest} does not match the manifest's {entry['sha256']}; it is the "
                                    f"file the manifest lists as {other} (files swapped)", "sha256")
@@ -300,19 +292,25 @@ class _Verifier:
 
     # --- with a key: footers, row counts, pages, content -------------------------------------------
 
-    def key_usable(self) -> bool:
+    def key_problem(self) -> tuple[str, str] | None:
+        """Why the key given cannot decrypt this archive (what, kind), or None."""
         if self.private is None:
             if self.full:
-                self.problem("-", "missing key: full verification decrypts every file; give a recipient's "
-                                  "private key (--key-file)", "missing_key")
-            return False
+                return ("missing key: full verification decrypts every file; give a recipient's private key "
+                        "(--key-file)", "missing_key")
+            return ("", "")
         mine = fingerprint(self.private.public_key())
         recipients = self.manifest.get("recipients")
         if isinstance(recipients, list) and mine not in recipients:
-            self.problem("-", f"wrong key: {mine} is not a recipient of this archive (recipients: "
-                              f"{', '.join(map(str, recipients))})", "wrong_key")
-            return False
-        return True
+            return (f"wrong key: {mine} is not a recipient of this archive (recipients: "
+                    f"{', '.join(map(str, recipients))})", "wrong_key")
+        return None
+
+    def key_usable(self) -> bool:
+        problem = self.key_problem()
+        if problem is not None and problem[0]:
+            self.problem("-", *problem)
+        return problem is None
 
     def open(self, path: str) -> pq.ParquetFile | None:
         assert self.private is not None
@@ -333,29 +331,42 @@ class _Verifier:
             if parquet is None:
                 continue
             self.readable.add(path)
-            rows = parquet.metadata.num_rows
-            self.result.checked["rows"] += rows
-            if rows != entry["rows"]:
-                self.problem(path, f"holds {rows} rows, the manifest says {entry['rows']}", "rows")
-            if entry.get("kind") == "content" and parquet.schema_arrow.names != CONTENT_COLUMNS:
-                self.problem(path, f"columns {parquet.schema_arrow.names} are not the content schema "
-                                   f"{CONTENT_COLUMNS}", "content")
+            self.result.checked["rows"] += parquet.metadata.num_rows
+            for what, kind in footer_findings(parquet, entry):
+                self.problem(path, what, kind)
 
-    def pages(self) -> None:
+    def full_pass(self, on_disk: list[tuple[dict[str, Any], str, int]]) -> None:
+        """Every file read once, on two threads: hashed, footer and pages decrypted, content checked.
+        Findings are reported as the quick checks order them: hashes, untracked files, footers, pages."""
+        assert self.private is not None
         by_part: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
         for v in self.versions:
             if not v.get("missing"):
                 by_part.setdefault(v["part"], {})[(v["document_id"], v["version_id"])] = v
         part_of = {(v["document_id"], v["version_id"]): "missing" if v.get("missing") else v.get("part")
                    for v in self.versions}
-        todo = [e for e in self.files if e["path"] in self.present]
-        with self.progress.bar(sum(e["size"] for e in todo), "verifying archive", unit="B") as bar:
-            for entry in todo:
-                parquet = self.open(entry["path"]) if entry["path"] in self.readable else None
-                if parquet is not None:
-                    _Reader(self, entry, parquet, bar).run(by_part.get(entry["path"], {}), part_of)
-                else:
-                    bar.update(entry["size"])   # already reported: its footer does not decrypt
+        archive_id = str(self.manifest.get("archive_id"))
+        with self.progress.bar(sum(size for _, _, size in on_disk), "verifying archive", unit="B") as bar, \
+                ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as pool:
+            checks = list(pool.map(lambda item: check_file(
+                Path(item[1]), item[2], item[0], self.private, archive_id,  # type: ignore[arg-type]
+                by_part.get(item[0]["path"], {}), part_of, bar), on_disk))
+        self.hashes(on_disk, [c.digest for c in checks])
+        self.untracked()
+        self.result.checked["footers"] = True
+        self.result.checked["rows"] = 0
+        content_bytes = 0
+        for (entry, _, _), check in zip(on_disk, checks, strict=True):
+            if entry["path"] not in self.present:
+                continue
+            self.result.checked["rows"] += check.rows
+            content_bytes += check.content_bytes
+            for what, kind in check.footer:
+                self.problem(entry["path"], what, kind)
+        for (entry, _, _), check in zip(on_disk, checks, strict=True):
+            for what, kind in check.pages if entry["path"] in self.present else ():
+                self.problem(entry["path"], what, kind)
+        self.result.checked["content_bytes"] = content_bytes
 
     def run(self) -> VerifyResult:
         raw = self.load()
@@ -365,107 +376,15 @@ class _Verifier:
             return self.result
         self.structure()
         self.version_list()
-        self.hashes()
+        on_disk = self.on_disk()
+        if self.full and self.key_problem() is None:
+            self.full_pass(on_disk)
+            return self.result
+        self.hashes(on_disk, sha256_files([(file, size) for _, file, size in on_disk]))
         self.untracked()
         if self.key_usable():
             self.footers()
-            if self.full:
-                self.pages()
         return self.result
-
-
-class _Reader:
-    """Decrypts one file page by page; for a content part, reassembles and checks its versions."""
-
-    def __init__(self, verifier: _Verifier, entry: dict[str, Any], parquet: pq.ParquetFile, bar: Any) -> None:
-        self.v, self.entry, self.parquet, self.bar = verifier, entry, parquet, bar
-        self.path: str = entry["path"]
-        self.total_rows = max(parquet.metadata.num_rows, 1)
-        self.rows = 0
-        self.advanced = 0
-        self.reported = 0
-
-    def problem(self, what: str) -> None:
-        self.reported += 1
-        if self.reported <= _PER_FILE:
-            self.v.problem(self.path, what, "content")
-
-    def advance(self, rows: int) -> None:
-        self.rows += rows
-        target = self.entry["size"] * min(self.rows, self.total_rows) // self.total_rows
-        self.bar.update(target - self.advanced)
-        self.advanced = target
-
-    def run(self, expected: dict[tuple[str, str], dict[str, Any]], part_of: dict[tuple[str, str], Any]) -> None:
-        try:
-            if self.entry.get("kind") == "content":
-                self.content(expected, part_of)
-            else:
-                for batch in _batches(self.parquet, _DATA_BATCH):
-                    self.advance(batch.num_rows)
-        except ArchiveKeyError as exc:
-            self.v.problem(self.path, str(exc), exc.kind)
-        finally:
-            self.bar.update(self.entry["size"] - self.advanced)
-        if self.reported > _PER_FILE:
-            self.v.problem(self.path, f"and {self.reported - _PER_FILE} more content problem(s)", "content")
-
-    def content(self, expected: dict[tuple[str, str], dict[str, Any]], part_of: dict[tuple[str, str], Any]) -> None:
-        open_versions: dict[tuple[str, str], _Assembly] = {}
-        strays: set[tuple[str, str]] = set()
-        for batch in read_all(self.parquet):
-            columns = batch.to_pydict()
-            for document_id, version_id, index, offset, data, chunk_sha in zip(
-                    *(columns[name] for name in CONTENT_COLUMNS), strict=True):
-                key = (document_id, version_id)
-                name = f"version {version_id} of document {document_id}"
-                if key not in expected:
-                    if key not in strays:
-                        strays.add(key)
-                        elsewhere = part_of.get(key)
-                        self.problem(f"holds {name}, which the manifest " + (
-                            "does not list" if elsewhere is None else "records as missing in the source"
-                            if elsewhere == "missing" else f"assigns to {elsewhere}"))
-                    continue
-                state = open_versions.setdefault(key, _Assembly())
-                data = data or b""
-                if hashlib.sha256(data).hexdigest() != chunk_sha:
-                    self.problem(f"{name}: chunk {index} does not match its chunk_sha256")
-                if index != state.chunks or offset != state.size:
-                    self.problem(f"{name}: chunk {index} at offset {offset} is out of place (expected chunk "
-                                 f"{state.chunks} at offset {state.size})")
-                if len(data) > MAX_CHUNK:
-                    self.problem(f"{name}: chunk {index} holds {len(data)} bytes, more than 1 MiB")
-                state.add(data)
-            self.advance(batch.num_rows)
-        self.v.result.checked.setdefault("content_bytes", 0)
-        for key, want in expected.items():
-            name = f"version {key[1]} of document {key[0]}"
-            found = open_versions.get(key)
-            if found is None:
-                self.problem(f"lacks {name}, which the manifest assigns to it")
-                continue
-            state = found
-            self.v.result.checked["content_bytes"] += state.size
-            if state.chunks != want["chunks"]:
-                self.problem(f"{name}: {state.chunks} chunk(s), the manifest says {want['chunks']}")
-            if state.size != want["size"]:
-                self.problem(f"{name}: {state.size} bytes reassembled, the manifest says {want['size']}")
-            if state.digest.hexdigest() != want["sha256"]:
-                self.problem(f"{name}: the reassembled content's SHA-256 {state.digest.hexdigest()} does not "
-                             f"match the manifest's {want['sha256']} (the document's bytes changed)")
-
-
-class _Assembly:
-    def __init__(self) -> None:
-        self.digest = hashlib.sha256()
-        self.size = 0
-        self.chunks = 0
-
-    def add(self, data: bytes) -> None:
-        self.digest.update(data)
-        self.size += len(data)
-        self.chunks += 1
 
 
 def verify_archive(archive_dir: Path | str, *, signer: Ed25519PublicKey | str,
