@@ -43,16 +43,20 @@ def _echo(text: str = "") -> None:
     typer.echo(text)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        _echo(f"decom {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
 def _global(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of internal errors.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
 ) -> None:
     _options["debug"], _options["quiet"] = debug, quiet
-    if version:
-        _echo(f"decom {__version__}")
-        raise typer.Exit(0)
 
 
 @app.command()

@@ -24,6 +24,13 @@ def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixtur
     assert "Usage:" in out and "--help" in out
 
 
+def test_version_prints_the_version_without_a_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from decom import __version__
+
+    assert run_cli(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"decom {__version__}"
+
+
 def demo_hosts() -> ModuleType:
     """scripts/demo_hosts.py, which prepares and starts the demo plan's host app1."""
     spec = importlib.util.spec_from_file_location("demo_hosts", REPO / "scripts" / "demo_hosts.py")
