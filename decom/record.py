@@ -28,12 +28,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from decom import __version__
 from decom.archive.keys import canonical_json, fingerprint, load_private, load_public, public_pem
+from decom.archive.manifest import detached_signature_problem
 from decom.checkpoint import CheckpointStore
 from decom.errors import UserError
 from decom.fileio import atomic_path, file_sha256
@@ -305,32 +304,17 @@ def write_record(plan: LoadedPlan, state_dir: Path, out: Path | None = None) -> 
 # --- verifying -------------------------------------------------------------------------------------
 
 def _signature_problem(record_dir: Path, data: bytes, record: Any, trusted: Ed25519PublicKey | str) -> str | None:
-    try:
-        signature = json.loads((record_dir / SIGNATURE).read_bytes())
-        raw = base64.b64decode(signature["signature"], validate=True)
-    except FileNotFoundError:
-        return f"{SIGNATURE} is missing"
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return f"{SIGNATURE} is damaged"
-    if isinstance(trusted, Ed25519PublicKey):
-        key = trusted
-    else:
-        try:
-            loaded = serialization.load_pem_public_key(record["signer"]["public_key_pem"].encode())
-        except (ValueError, KeyError, TypeError, AttributeError):
-            return "the record's signer key is unreadable"
-        if not isinstance(loaded, Ed25519PublicKey) or fingerprint(loaded) != trusted:
-            return f"{SIGNATURE} is signed by {signature.get('fingerprint')}, not by the trusted key {trusted}"
-        key = loaded
-    try:
-        key.verify(raw, data)
-    except InvalidSignature:
-        if signature.get("fingerprint") != fingerprint(key):
-            return f"{SIGNATURE} is signed by {signature.get('fingerprint')}, not by the trusted key {fingerprint(key)}"
-        return f"the signature does not match {RECORD}: the record or its signature was altered"
-    named = record.get("signer", {}).get("fingerprint") if isinstance(record, dict) else None
-    if named != fingerprint(key):
-        return f"{RECORD} names the signer {named}, but it was signed by {fingerprint(key)}"
+    signer = record.get("signer") if isinstance(record, dict) else None
+    embedded = signer.get("public_key_pem") if isinstance(signer, dict) else None
+    problem = detached_signature_problem(record_dir / SIGNATURE, data, embedded, trusted, owner="record",
+                                         signed_file=RECORD, prefix=f"{SIGNATURE} is ")
+    if problem is not None:
+        return problem
+    key = trusted if isinstance(trusted, Ed25519PublicKey) else None
+    signed_by = fingerprint(key) if key is not None else str(trusted).lower()
+    named = signer.get("fingerprint") if isinstance(signer, dict) else None
+    if named != signed_by:
+        return f"{RECORD} names the signer {named}, but it was signed by {signed_by}"
     return None
 
 

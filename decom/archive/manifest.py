@@ -86,30 +86,48 @@ def read_manifest(archive_dir: Path) -> tuple[dict[str, Any], bytes]:
     return manifest, data
 
 
-def signature_problem(archive_dir: Path, manifest_bytes: bytes, trusted: Ed25519PublicKey | str) -> str | None:
-    """None when manifest.sig signs these bytes with the trusted key (or fingerprint); else why not."""
+def detached_signature_problem(signature_file: Path, data: bytes, embedded_pem: Any,
+                               trusted: Ed25519PublicKey | str, *, owner: str, signed_file: str,
+                               prefix: str = "") -> str | None:
+    """None when `signature_file` (a detached Ed25519 signature) signs `data` with the trusted key; else why not.
+
+    `trusted` is a public key, or a fingerprint: then the signer key embedded in the signed document
+    (`embedded_pem`) is used if its fingerprint is the trusted one. `owner` ("manifest", "record") and
+    `signed_file` name the document in messages; `prefix` starts the "signed by another key" message.
+    """
     try:
-        signature = json.loads((archive_dir / SIGNATURE).read_bytes())
+        signature = json.loads(signature_file.read_bytes())
         raw = base64.b64decode(signature["signature"], validate=True)
     except FileNotFoundError:
-        return f"{SIGNATURE} is missing"
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return f"{SIGNATURE} is damaged"
+        return f"{signature_file.name} is missing"
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, AttributeError):
+        return f"{signature_file.name} is damaged"
     if isinstance(trusted, Ed25519PublicKey):
         key = trusted
     else:
         try:
-            embedded = json.loads(manifest_bytes)["signer"]["public_key_pem"]
-            loaded = serialization.load_pem_public_key(embedded.encode())
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            return "the manifest's signer key is unreadable"
+            loaded = serialization.load_pem_public_key(str(embedded_pem).encode()) if embedded_pem else None
+        except (ValueError, TypeError, UnicodeDecodeError):
+            loaded = None
+        if loaded is None:
+            return f"the {owner}'s signer key is unreadable"
         if not isinstance(loaded, Ed25519PublicKey) or fingerprint(loaded) != trusted.lower():
-            return f"signed by {signature.get('fingerprint')}, not by the trusted key {trusted}"
+            return f"{prefix}signed by {signature.get('fingerprint')}, not by the trusted key {trusted}"
         key = loaded
     try:
-        key.verify(raw, manifest_bytes)
+        key.verify(raw, data)
     except InvalidSignature:
         if signature.get("fingerprint") != fingerprint(key):
-            return f"signed by {signature.get('fingerprint')}, not by the trusted key {fingerprint(key)}"
-        return "the signature does not match manifest.json (manifest or signature altered)"
+            return f"{prefix}signed by {signature.get('fingerprint')}, not by the trusted key {fingerprint(key)}"
+        return f"the signature does not match {signed_file}: the {owner} or its signature was altered"
     return None
+
+
+def signature_problem(archive_dir: Path, manifest_bytes: bytes, trusted: Ed25519PublicKey | str) -> str | None:
+    """None when manifest.sig signs these bytes with the trusted key (or fingerprint); else why not."""
+    try:
+        embedded = json.loads(manifest_bytes)["signer"]["public_key_pem"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        embedded = None
+    return detached_signature_problem(archive_dir / SIGNATURE, manifest_bytes, embedded, trusted,
+                                      owner="manifest", signed_file=MANIFEST)
