@@ -16,18 +16,17 @@ import hashlib
 import os
 import re
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic.functional_validators import AfterValidator
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from decom.adapter import SourceConfig, adapter_names
 from decom.errors import UserError
+from decom.plan_fields import Regex, must
 from decom.plan_lines import KeyPath, key_lines, line_of, render_path, word_error
 from decom.plan_remote import FinalChecksOptions, ShutdownOptions, check_remote_stage, plain_error
 
@@ -52,25 +51,9 @@ _WRITTEN_PASSWORD = "a password is written in the plan; reference it as ${ENV_VA
 
 # -- the validated model -------------------------------------------------------------------------
 
-def _must(test: Callable[[str], object], message: str) -> AfterValidator:
-    def check(value: str) -> str:
-        if not test(value):
-            raise ValueError(message)
-        return value
-    return AfterValidator(check)
-
-
-_plan_name = _must(_PLAN_NAME.fullmatch, "use only letters, digits, '.', '_' and '-' (it names folders)")
-_stage_name = _must(_STAGE_NAME.fullmatch, "use only letters, digits, '_' and '-'")
-_not_blank = _must(str.strip, "must not be empty")
-
-
-def _regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except (re.error, OverflowError, RecursionError, ValueError) as exc:
-        raise ValueError(f"not a valid regular expression: {exc}") from None
-    return value
+_plan_name = must(_PLAN_NAME.fullmatch, "use only letters, digits, '.', '_' and '-' (it names folders)")
+_stage_name = must(_STAGE_NAME.fullmatch, "use only letters, digits, '_' and '-'")
+_not_blank = must(str.strip, "must not be empty")
 
 
 class _Strict(BaseModel):
@@ -155,7 +138,7 @@ class LockdownSpec(_Strict):
 class AccessAuditStage(_StageBase):
     kind: Literal["access_audit"]
     dormant_days: int = Field(180, ge=1)
-    shared_account_patterns: list[Annotated[str, AfterValidator(_regex)]] = Field(default_factory=list)
+    shared_account_patterns: list[Regex] = Field(default_factory=list)
     ldap: LdapSpec | None = None
     lockdown: LockdownSpec = Field(default_factory=LockdownSpec)
 

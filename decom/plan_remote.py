@@ -20,27 +20,13 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 from pydantic.functional_validators import AfterValidator
 
+from decom.plan_fields import Regex, must
+
 Add = Callable[[tuple[str | int, ...], str], None]
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _FINGERPRINT = re.compile(r"SHA256:[A-Za-z0-9+/]{43}=?")
 _ENV_REF_ONLY = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _check(test: Callable[[str], object], message: str) -> AfterValidator:
-    def check(value: str) -> str:
-        if not test(value):
-            raise ValueError(message)
-        return value
-    return AfterValidator(check)
-
-
-def _regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except (re.error, OverflowError, RecursionError, ValueError) as exc:
-        raise ValueError(f"not a valid regular expression: {exc}") from None
-    return value
 
 
 def _network(value: str) -> str:
@@ -51,10 +37,9 @@ def _network(value: str) -> str:
     return value
 
 
-_host_name = _check(_HOST_NAME.fullmatch, "use letters, digits, '.', '_' and '-'")
-_fingerprint = _check(_FINGERPRINT.fullmatch, "expected SHA256:<43 base64 characters>, as `ssh-keygen -lf` prints")
-_command = _check(str.strip, "must not be empty")
-Regex = Annotated[str, AfterValidator(_regex)]
+_host_name = must(_HOST_NAME.fullmatch, "use letters, digits, '.', '_' and '-'")
+_fingerprint = must(_FINGERPRINT.fullmatch, "expected SHA256:<43 base64 characters>, as `ssh-keygen -lf` prints")
+_command = must(str.strip, "must not be empty")
 Network = Annotated[str, AfterValidator(_network)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
