@@ -327,3 +327,27 @@ def start_lab(folder: Path, names: tuple[str, ...] = ("app1", "app2", "db1"), *,
         lab.close()
         raise
     return lab
+
+
+def shutdown_actions(host: LabHost, *, stop: str | None = None, status: str | None = None, key_mode: str = "quarantine",
+            port: bool = True) -> str:
+    """A shutdown stage's standard actions for a lab host (plan TOML): daemon, cron entry, its port,
+    the signing key."""
+    key = ('mode = "shred"' if key_mode == "shred" else f'mode = "quarantine"\nquarantine_dir = "{host.quarantine}"')
+    text = f"""
+[[stages.hosts.actions]]
+kind = "service"
+name = "edm-web"
+manager = "custom"
+stop = '''{stop or host.stop_command}'''
+status = '''{status or host.status_command}'''
+
+[[stages.hosts.actions]]
+kind = "cron"
+file = "{host.cron_file}"
+pattern = "disi-sync"
+"""
+    if port:
+        assert host.daemon is not None
+        text += f'\n[[stages.hosts.actions]]\nkind = "port"\nport = {host.daemon.port}\n'
+    return text + f'\n[[stages.hosts.actions]]\nkind = "remove_file"\npath = "{host.key_file}"\n{key}\n'

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 from conftest import PG_ADMIN_URL
-from ssh_hosts import PASSWORD_SUDO_USER, USER, LabHost, SshLab
+from ssh_hosts import PASSWORD_SUDO_USER, USER, LabHost, SshLab, shutdown_actions
 
 from decom.cli import run_cli
 from decom.demo.generator import DemoFacts
@@ -76,20 +76,7 @@ kind = "shutdown"
 known_hosts = "{lab.known_hosts()}"
 [[stages.hosts]]
 {host_connection(lab, host)}
-[[stages.hosts.actions]]
-kind = "service"
-name = "edm-web"
-manager = "custom"
-stop = '''{host.stop_command}'''
-status = '''{host.status_command}'''
-[[stages.hosts.actions]]
-kind = "cron"
-file = "{host.cron_file}"
-pattern = "disi-sync"
-[[stages.hosts.actions]]
-kind = "remove_file"
-path = "{host.key_file}"
-quarantine_dir = "{host.quarantine}"
+{shutdown_actions(host, port=False)}
 [[stages.hosts.actions]]
 kind = "remove_file"
 path = "{authorized}"

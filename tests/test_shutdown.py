@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from conftest import decom_cmd
 from ssh_hosts import PASSWORD_SUDO_USER, USER, LabHost, SshLab
+from ssh_hosts import shutdown_actions as actions
 
 from decom import api
 from decom.cli import run_cli
@@ -24,29 +25,6 @@ pytestmark = pytest.mark.timeout(60)  # a hang (e.g. sudo waiting for a password
 # the exit status comes back.
 DROP_CONNECTION = ('p=$$; while [ "$p" -gt 1 ]; do if [ "$(cat /proc/$p/comm)" = sshd ]; then kill -9 "$p"; '
                    'break; fi; p=$(cut -d" " -f4 /proc/$p/stat); done')
-
-
-def actions(host: LabHost, *, stop: str | None = None, status: str | None = None, key_mode: str = "quarantine",
-            port: bool = True) -> str:
-    """The standard actions for a test host: daemon, cron entry, its port, the signing key."""
-    key = ('mode = "shred"' if key_mode == "shred" else f'mode = "quarantine"\nquarantine_dir = "{host.quarantine}"')
-    text = f"""
-[[stages.hosts.actions]]
-kind = "service"
-name = "edm-web"
-manager = "custom"
-stop = '''{stop or host.stop_command}'''
-status = '''{status or host.status_command}'''
-
-[[stages.hosts.actions]]
-kind = "cron"
-file = "{host.cron_file}"
-pattern = "disi-sync"
-"""
-    if port:
-        assert host.daemon is not None
-        text += f'\n[[stages.hosts.actions]]\nkind = "port"\nport = {host.daemon.port}\n'
-    return text + f'\n[[stages.hosts.actions]]\nkind = "remove_file"\npath = "{host.key_file}"\n{key}\n'
 
 
 def host_table(lab: SshLab, name: str, *, user: str = USER, sudo: bool = True, after: tuple[str, ...] = (),
