@@ -36,6 +36,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -394,6 +395,34 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def repository_backup_and_check(made: Result, checked: Result, out: Path, log: Path, runs: int, timeout: float,
+                                work: Path, *, env: Callable[[int], dict[str, str]], init: Callable[[Path], list[str]],
+                                backup: Callable[[Path], list[str]], check: Callable[[Path], list[str]],
+                                name: str) -> None:
+    """A repository tool (borg, restic): `runs` backups, each into a new repository (a second backup into
+    the same one would only add what changed), then `runs` checks of the last repository."""
+    last: tuple[Path, dict[str, str]] | None = None
+    for i in range(runs):
+        repo, environment = out / f"{name}-repo-{i}", env(i)
+        try:
+            helper(init(repo), log=log, timeout=120, env=environment)
+        except CommandFailed as exc:
+            made.error = f"{name} init: {exc}"
+            break
+        ok = attempt(made, backup(repo), repo, log=log, timeout=timeout, env=environment, cwd=work)
+        if last is not None:
+            remove(last[0])
+        last = (repo, environment) if ok else None
+        if not ok:
+            remove(repo)
+            break
+    if last is not None:
+        for _ in range(runs):
+            if not attempt(checked, check(last[0]), None, log=log, timeout=timeout, env=last[1]):
+                break
+        remove(last[0])
+
+
 def run_peers(work: Path, logs: Path, pg_env: dict[str, str], database: str, timeout: float, repeat: int,
               missing: list[str]) -> tuple[list[Result], list[Result]]:
     """The peers' backups and checks, each `repeat` times into fresh outputs (a second restic or borg
@@ -418,59 +447,23 @@ def run_peers(work: Path, logs: Path, pg_env: dict[str, str], database: str, tim
         if not ok:
             break
 
-    passphrase = secrets.token_urlsafe(24)
+    passphrase, password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     create, check_borg = Result("borg create"), Result("borg check --verify-data")
-    last: tuple[Path, dict[str, str]] | None = None
-    for i in range(0 if "borgbackup" in missing else repeat):
-        # Its own config, cache and security folders for each repository, never ~/.config/borg.
-        repo, env = out / f"borg-repo-{i}", {"BORG_PASSPHRASE": passphrase, "BORG_BASE_DIR": str(work / f"borg-{i}")}
-        try:
-            helper(["borg", "init", "--encryption=repokey-blake2", str(repo)], log=logs / "borg.log",
-                   timeout=120, env=env)
-        except CommandFailed as exc:
-            create.error = f"borg init: {exc}"
-            break
-        ok = attempt(create, ["borg", "create", "--compression", "lz4", f"{repo}::bench", "content"], repo,
-                     log=logs / "borg.log", timeout=timeout, env=env, cwd=work)
-        if last is not None:
-            remove(last[0])
-        last = (repo, env) if ok else None
-        if not ok:
-            remove(repo)
-            break
-    if last is not None:
-        for _ in range(repeat):
-            if not attempt(check_borg, ["borg", "check", "--verify-data", str(last[0])], None, log=logs / "borg.log",
-                           timeout=timeout, env=last[1]):
-                break
-        remove(last[0])
-
-    password = secrets.token_urlsafe(24)
+    # Its own config, cache and security folders for each repository, never ~/.config/borg.
+    repository_backup_and_check(
+        create, check_borg, out, logs / "borg.log", 0 if "borgbackup" in missing else repeat, timeout, work,
+        env=lambda i: {"BORG_PASSPHRASE": passphrase, "BORG_BASE_DIR": str(work / f"borg-{i}")},
+        init=lambda repo: ["borg", "init", "--encryption=repokey-blake2", str(repo)],
+        backup=lambda repo: ["borg", "create", "--compression", "lz4", f"{repo}::bench", "content"],
+        check=lambda repo: ["borg", "check", "--verify-data", str(repo)], name="borg")
     backup, check_restic = Result("restic backup"), Result("restic check --read-data")
-    last = None
-    for i in range(0 if "restic" in missing else repeat):
-        repo = out / f"restic-repo-{i}"
-        env = {"RESTIC_PASSWORD": password, "RESTIC_CACHE_DIR": str(work / f"restic-cache-{i}"),
-               "RESTIC_PROGRESS_FPS": "0.2"}
-        try:
-            helper(["restic", "-r", str(repo), "init"], log=logs / "restic.log", timeout=120, env=env)
-        except CommandFailed as exc:
-            backup.error = f"restic init: {exc}"
-            break
-        ok = attempt(backup, ["restic", "-r", str(repo), "backup", "content"], repo, log=logs / "restic.log",
-                     timeout=timeout, env=env, cwd=work)
-        if last is not None:
-            remove(last[0])
-        last = (repo, env) if ok else None
-        if not ok:
-            remove(repo)
-            break
-    if last is not None:
-        for _ in range(repeat):
-            if not attempt(check_restic, ["restic", "-r", str(last[0]), "check", "--read-data"], None,
-                           log=logs / "restic.log", timeout=timeout, env=last[1]):
-                break
-        remove(last[0])
+    repository_backup_and_check(
+        backup, check_restic, out, logs / "restic.log", 0 if "restic" in missing else repeat, timeout, work,
+        env=lambda i: {"RESTIC_PASSWORD": password, "RESTIC_CACHE_DIR": str(work / f"restic-cache-{i}"),
+                       "RESTIC_PROGRESS_FPS": "0.2"},
+        init=lambda repo: ["restic", "-r", str(repo), "init"],
+        backup=lambda repo: ["restic", "-r", str(repo), "backup", "content"],
+        check=lambda repo: ["restic", "-r", str(repo), "check", "--read-data"], name="restic")
 
     for result, package in ((create, "borgbackup"), (check_borg, "borgbackup"), (backup, "restic"),
                             (check_restic, "restic")):
