@@ -22,17 +22,22 @@ SMALL = 1 << 20          # files up to this size are hashed with one ordinary re
 BLOCK = 8 << 20
 
 
+def open_direct(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
+    """os.open with O_DIRECT (past the page cache) where the filesystem supports it, else without."""
+    try:
+        return os.open(path, flags | getattr(os, "O_DIRECT", 0), mode)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return os.open(path, flags, mode)
+
+
 def sha256_file(path: str, size: int) -> str:
     """The file's SHA-256 (`size` is its size from stat: it picks the way to read it)."""
     if size <= SMALL:
         with open(path, "rb") as handle:
             return hashlib.sha256(handle.read(SMALL + 1)).hexdigest()
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        fd = os.open(path, os.O_RDONLY)
+    fd = open_direct(path, os.O_RDONLY)
     digest = hashlib.sha256()
     buffer = mmap.mmap(-1, BLOCK)
     try:
@@ -68,12 +73,7 @@ def read_whole(path: str, size: int) -> tuple[pa.Buffer, str]:
     """The file in memory (page-aligned, read with O_DIRECT where the filesystem has it) and its SHA-256:
     full verification hashes and decrypts from one read of the disk. The buffer is the calling
     thread's and is overwritten by its next call: use the result before reading the next file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
-    except OSError as exc:
-        if exc.errno != errno.EINVAL:
-            raise
-        fd = os.open(path, os.O_RDONLY)
+    fd = open_direct(path, os.O_RDONLY)
     digest = hashlib.sha256()
     needed = -(-size // 4096) * 4096 + BLOCK  # room to notice a file that grew since stat
     buffer = getattr(_reuse, "buffer", None)

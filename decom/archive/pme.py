@@ -7,7 +7,6 @@ KMS client, which wraps it for the recipients bound to (archive id, path): docs/
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import mmap
@@ -25,6 +24,7 @@ import pyarrow.parquet.encryption as pe
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from decom.archive import keys
+from decom.archive.filehash import open_direct
 from decom.fileio import atomic_path
 
 MASTER_KEY_ID = "decom-archive-v1"
@@ -172,14 +172,7 @@ class _HashingFile:
     BLOCK = 4 << 20
 
     def __init__(self, path: Path) -> None:
-        plain = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        direct = getattr(os, "O_DIRECT", 0)
-        try:
-            self._fd = os.open(path, plain | direct, 0o644)
-        except OSError as exc:
-            if not direct or exc.errno != errno.EINVAL:
-                raise
-            self._fd = os.open(path, plain, 0o644)
+        self._fd = open_direct(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         self._buffers = [mmap.mmap(-1, self.BLOCK), mmap.mmap(-1, self.BLOCK)]
         self._current, self._fill = 0, 0
         self._digest = hashlib.sha256()

@@ -119,8 +119,8 @@ def _inventory_hashes(ctx: StageContext) -> dict[str, str]:
 
 
 SMALL_VERSION = 4 << 20   # versions up to this size are read whole and batched; larger ones stream
-PREFETCH = 3              # pieces (about one row group each) chunked and hashed ahead of the writer
-FETCH_AHEAD = 2           # batches fetched from the source ahead of the hashing
+PREFETCH = 2              # pieces (about one row group each) chunked and hashed ahead of the writer
+FETCH_AHEAD = 1           # batches fetched from the source ahead of the hashing
 
 
 class _Rest:
