@@ -502,6 +502,7 @@ signing_key_file = {json.dumps(str(keys / "signing.key"))}
 
 [[stages]]
 kind = "backup"
+verify_after = "none"   # verification is timed on its own below, as restic check and borg check are
 """, encoding="utf-8")
     return plan
 

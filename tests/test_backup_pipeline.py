@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from decom.archive.filehash import sha256_file, sha256_files
-from decom.archive.pme import _HashingFile
+from decom.archive.sink import BLOCK, HashingSink
 from decom.read_ahead import read_ahead
 from decom.stages.backup_chunks import CHUNK, ROW_GROUP_BYTES, pieces_from_stream, pieces_from_values
 
@@ -121,12 +121,12 @@ def test_read_ahead_hands_over_items_and_errors_and_releases_its_source_when_sto
     assert list(read_ahead(iter(range(5)), 1, "test-reader")) == [0, 1, 2, 3, 4]
 
 
-@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, _HashingFile.BLOCK - 1, _HashingFile.BLOCK,
-                                  _HashingFile.BLOCK + 1, 3 * _HashingFile.BLOCK + 4096 * 3 + 5])
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, BLOCK - 1, BLOCK,
+                                  BLOCK + 1, 3 * BLOCK + 4096 * 3 + 5])
 def test_the_archive_file_sink_writes_every_byte_and_hashes_what_it_wrote(tmp_path: Path, size: int) -> None:
     data = os.urandom(size)
     target = tmp_path / "part.parquet"
-    sink = _HashingFile(target)
+    sink = HashingSink(target)
     position, step = 0, 1
     while position < size:  # uneven writes, as a Parquet writer makes them
         step = step * 7 % 1_000_003 + 1

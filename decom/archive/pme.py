@@ -7,12 +7,7 @@ KMS client, which wraps it for the recipients bound to (archive id, path): docs/
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import mmap
-import os
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +19,7 @@ import pyarrow.parquet.encryption as pe
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from decom.archive import keys
-from decom.archive.filehash import open_direct
+from decom.archive.sink import HashingSink
 from decom.fileio import atomic_path
 
 MASTER_KEY_ID = "decom-archive-v1"
@@ -159,95 +154,6 @@ def test_decrypt(file: Path, check: X25519PrivateKey, archive_id: str, path: str
     return rows
 
 
-class _HashingFile:
-    """The file a Parquet writer writes into (Parquet writes sequentially, never seeking back).
-
-    Bytes are gathered in two page-aligned 4 MiB buffers; a flusher thread hashes each full buffer
-    (the file's SHA-256 without reading the file back) and writes it with O_DIRECT, past the page
-    cache, while the writer fills the other buffer. Archive parts are written once and read by
-    auditors later, so caching them only costs memory; filesystems without O_DIRECT (tmpfs) get
-    ordinary writes. The tail that is not a whole block is written without O_DIRECT at the end.
-    """
-
-    BLOCK = 4 << 20
-
-    def __init__(self, path: Path) -> None:
-        self._fd = open_direct(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        self._buffers = [mmap.mmap(-1, self.BLOCK), mmap.mmap(-1, self.BLOCK)]
-        self._current, self._fill = 0, 0
-        self._digest = hashlib.sha256()
-        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-flush")
-        self._pending: Future[None] | None = None
-        self.written = 0      # bytes in the file (the flusher's count)
-        self._position = 0    # bytes given to write()
-        self.closed = False
-
-    def write(self, data: Any) -> int:
-        view = memoryview(data).cast("B")
-        size = len(view)
-        self._position += size
-        while view:
-            take = min(len(view), self.BLOCK - self._fill)
-            self._buffers[self._current][self._fill:self._fill + take] = view[:take]
-            self._fill += take
-            view = view[take:]
-            if self._fill == self.BLOCK:
-                self._submit()
-        return size
-
-    def _wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            pending.result()  # a write error (disk full) surfaces here
-
-    def _submit(self) -> None:
-        self._wait()
-        self._pending = self._flusher.submit(self._flush, self._buffers[self._current], self._fill)
-        self._current, self._fill = 1 - self._current, 0
-
-    def _flush(self, buffer: mmap.mmap, size: int) -> None:
-        view = memoryview(buffer)[:size]
-        self._digest.update(view)
-        aligned = size - size % 4096
-        self._write_all(view[:aligned])
-        if aligned < size:  # only the file's last bytes: drop O_DIRECT for them
-            fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~getattr(os, "O_DIRECT", 0))
-            self._write_all(view[aligned:])
-
-    def _write_all(self, view: memoryview) -> None:
-        while view:
-            done = os.write(self._fd, view)
-            view = view[done:]
-            self.written += done
-
-    def tell(self) -> int:
-        return self._position
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True  # the Parquet writer is done; sync_and_close writes what is left
-
-    def sync_and_close(self) -> None:
-        """Write what is buffered, fsync, close."""
-        try:
-            self._submit()
-            self._wait()
-            os.fsync(self._fd)
-        finally:
-            self.abort()
-
-    def abort(self) -> None:
-        self._flusher.shutdown(wait=True)
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-    def hexdigest(self) -> str:
-        return self._digest.hexdigest()
-
-
 @contextmanager
 def encrypted_file(archive_dir: Path, path: str, schema: pa.Schema, recipients: list[X25519PublicKey],
                    archive_id: str, *, compression: str = "zstd", before_commit: Any = None,
@@ -265,7 +171,7 @@ def encrypted_file(archive_dir: Path, path: str, schema: pa.Schema, recipients: 
     props = encryption_properties(recipients, archive_id, path, check.public_key())
     result: list[WrittenFile] = []
     with atomic_path(final) as tmp:
-        sink = _HashingFile(tmp)
+        sink = HashingSink(tmp)
         try:
             with pq.ParquetWriter(sink, schema, compression=compression, encryption_properties=props,
                                   write_page_checksum=True, use_dictionary=False) as parquet_writer:
