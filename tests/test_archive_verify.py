@@ -13,7 +13,6 @@ import json
 import shutil
 import struct
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -514,13 +513,15 @@ def build_many_file_archive(folder: Path, files: int) -> tuple[Path, Ed25519Publ
     return archive, key.public_key()
 
 
-def test_quick_verification_of_ten_thousand_files_is_fast(tmp_path: Path) -> None:
+def test_quick_verification_checks_every_one_of_ten_thousand_files(tmp_path: Path) -> None:
+    """How fast is benchmarks/verify_quick.py's business (target: under 2 s); this checks that all count."""
     archive, signer = build_many_file_archive(tmp_path, 10_000)
-    started = time.perf_counter()
     result = verify_archive(archive, signer=signer)
-    elapsed = time.perf_counter() - started
     assert result.ok and result.checked["files"] == 10_000, result.problems[:3]
-    assert elapsed < 2.0, f"quick verification of 10,000 files took {elapsed:.2f} s"
+    victim = archive / "content" / "part-007777.parquet"
+    victim.write_bytes(victim.read_bytes()[::-1])
+    result = verify_archive(archive, signer=signer)
+    assert [(p.file, p.kind) for p in result.problems] == [("content/part-007777.parquet", "sha256")]
 
 
 # --- Parquet modular encryption regressions -----------------------------------------------------------------

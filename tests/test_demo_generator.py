@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -371,10 +370,8 @@ def test_refuses_a_content_root_that_is_not_empty(tmp_path: Path) -> None:
         build_demo(f"sqlite:///{tmp_path / 'x.db'}", tmp_path / "files", DemoSpec(documents=20))
 
 
-def test_default_size_builds_into_sqlite_quickly(tmp_path: Path) -> None:
-    started = time.perf_counter()
+def test_default_size_builds_into_sqlite(tmp_path: Path) -> None:
     facts = build_demo(f"sqlite:///{tmp_path / 'full.db'}", tmp_path / "files")
-    assert time.perf_counter() - started < 10
     assert facts.documents == 2000 and facts.users == 40 and facts.versions > 3000
 
 
