@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from decom.archive.filehash import sha256_file, sha256_files
+from decom.archive.filehash import read_whole, sha256_file, sha256_files
 from decom.archive.sink import BLOCK, HashingSink
 from decom.read_ahead import read_ahead
 from decom.stages.backup_chunks import CHUNK, ROW_GROUP_BYTES, pieces_from_stream, pieces_from_values
@@ -207,3 +209,23 @@ def test_bulk_blob_batches_follow_the_requested_order_bound_their_size_and_mark_
     finally:
         adapter.close()
     assert adapter._adbc is None
+
+
+@pytest.mark.parametrize("folder", ["disk", "tmpfs"])
+def test_a_file_read_whole_for_full_verification_is_exact_also_when_it_grew(
+        tmp_path: Path, folder: str) -> None:
+    base = tmp_path if folder == "disk" else Path(tempfile.mkdtemp(dir="/dev/shm"))  # tmpfs: no O_DIRECT
+    try:
+        for size in (0, 1, 4096, 4097, 9 << 20, (9 << 20) + 5):
+            data = os.urandom(size)
+            path = base / f"f{size}"
+            path.write_bytes(data)
+            buffer, digest = read_whole(str(path), size)
+            assert buffer.to_pybytes() == data and digest == hashlib.sha256(data).hexdigest()
+        path.write_bytes(data + b"grown after stat")  # the size given is the stat from before
+        buffer, digest = read_whole(str(path), size)
+        assert buffer.to_pybytes() == data + b"grown after stat"
+        assert digest != hashlib.sha256(data).hexdigest(), "a file that grew never matches its recorded hash"
+    finally:
+        if folder == "tmpfs":
+            shutil.rmtree(base)

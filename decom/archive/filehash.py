@@ -75,7 +75,7 @@ def read_whole(path: str, size: int) -> tuple[pa.Buffer, str]:
     thread's and is overwritten by its next call: use the result before reading the next file."""
     fd = open_direct(path, os.O_RDONLY)
     digest = hashlib.sha256()
-    needed = -(-size // 4096) * 4096 + BLOCK  # room to notice a file that grew since stat
+    needed = -(-size // 4096) * 4096 + 4096  # one block more: room to notice a file that grew since stat
     buffer = getattr(_reuse, "buffer", None)
     if buffer is None or len(buffer) < needed:
         # one buffer per thread, reused for the next file: fresh memory costs a page fault per 4 KiB
@@ -83,7 +83,7 @@ def read_whole(path: str, size: int) -> tuple[pa.Buffer, str]:
     view = memoryview(buffer)
     length = 0
     try:
-        while length < len(buffer) and (count := os.readv(fd, [view[length:length + BLOCK]])):
+        while length < needed and (count := os.readv(fd, [view[length:min(length + BLOCK, needed)]])):
             digest.update(view[length:length + count])
             length += count
             if count % 4096:  # a short read is the end of the file (O_DIRECT reads whole blocks)

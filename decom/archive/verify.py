@@ -47,7 +47,7 @@ from decom.archive.filehash import sha256_files
 from decom.archive.keys import fingerprint
 from decom.archive.manifest import MANIFEST, SIGNATURE, merkle_root, read_manifest, signature_problem
 from decom.archive.pme import ArchiveKeyError, open_encrypted
-from decom.archive.verify_files import check_file, footer_findings
+from decom.archive.verify_files import Expected, check_file, footer_findings
 from decom.errors import UserError
 from decom.progress import QUIET, Progress
 
@@ -105,7 +105,9 @@ class _Verifier:
         self.files: list[dict[str, Any]] = []        # well-formed entries of manifest["files"]
         self.present: set[str] = set()               # listed paths whose file exists
         self.readable: set[str] = set()              # listed paths whose footer decrypts
-        self.versions: list[dict[str, Any]] = []
+        # what each content part must hold, compact (the manifest's version dicts are let go once checked)
+        self.by_part: dict[str, dict[tuple[str, str], Expected]] = {}
+        self.missing_versions: set[tuple[str, str]] = set()
 
     def problem(self, file: str, what: str, kind: str) -> None:
         self.result.problems.append(Problem(file, what, kind))
@@ -226,12 +228,20 @@ class _Verifier:
                                        "listed content file", "manifest")
                 continue
             well_formed.append(v)
-        self.versions = well_formed
+        for v in well_formed:
+            key = (v["document_id"], v["version_id"])
+            if v.get("missing"):
+                self.missing_versions.add(key)
+            else:
+                self.by_part.setdefault(v["part"], {})[key] = Expected(v["sha256"], v["size"], v["chunks"])
         self.result.checked["versions"] = len(versions)
         try:
             root = merkle_root(versions)
         except (KeyError, TypeError, AttributeError):
-            return  # already reported as malformed entries
+            root = None  # already reported as malformed entries
+        del self.manifest["versions"], versions, well_formed  # ~1 KB a version as dicts: 100 MB at 100,000
+        if root is None:
+            return
         if root != self.manifest.get("merkle_root"):
             self.problem(MANIFEST, f"merkle_root {self.manifest.get('merkle_root')!r} does not match the root "
                                    f"{root} recomputed from versions", "manifest")
@@ -335,22 +345,22 @@ class _Verifier:
             for what, kind in footer_findings(parquet, entry):
                 self.problem(path, what, kind)
 
+    def placed(self, key: tuple[str, str]) -> str | None:
+        """Where the manifest puts a version: its part, "missing", or None when it does not list it."""
+        if key in self.missing_versions:
+            return "missing"
+        return next((part for part, held in self.by_part.items() if key in held), None)
+
     def full_pass(self, on_disk: list[tuple[dict[str, Any], str, int]]) -> None:
         """Every file read once, on two threads: hashed, footer and pages decrypted, content checked.
         Findings are reported as the quick checks order them: hashes, untracked files, footers, pages."""
         assert self.private is not None
-        by_part: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
-        for v in self.versions:
-            if not v.get("missing"):
-                by_part.setdefault(v["part"], {})[(v["document_id"], v["version_id"])] = v
-        part_of = {(v["document_id"], v["version_id"]): "missing" if v.get("missing") else v.get("part")
-                   for v in self.versions}
         archive_id = str(self.manifest.get("archive_id"))
         with self.progress.bar(sum(size for _, _, size in on_disk), "verifying archive", unit="B") as bar, \
                 ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as pool:
             checks = list(pool.map(lambda item: check_file(
                 Path(item[1]), item[2], item[0], self.private, archive_id,  # type: ignore[arg-type]
-                by_part.get(item[0]["path"], {}), part_of, bar), on_disk))
+                self.by_part.get(item[0]["path"], {}), self.placed, bar), on_disk))
         self.hashes(on_disk, [c.digest for c in checks])
         self.untracked()
         self.result.checked["footers"] = True

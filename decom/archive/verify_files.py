@@ -9,9 +9,10 @@ check collects its findings, which the verifier reports in manifest order.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,9 +26,18 @@ MAX_CHUNK = 1 << 20
 IN_MEMORY = 256 << 20   # larger files are hashed in one pass and decrypted in a second
 _PER_FILE = 10          # content problems reported per file before "and N more"
 _DATA_BATCH = 65_536    # rows per batch when decrypting a data file
-_CONTENT_BATCH = 64     # rows per batch of a content part (64 chunks: at most 64 MiB)
+_CONTENT_BATCH = 16     # rows per batch of a content part (16 chunks: at most 16 MiB)
 
 Finding = tuple[str, str]   # (what, kind) about this file
+Key = tuple[str, str]       # (document_id, version_id)
+
+
+class Expected(NamedTuple):
+    """What the manifest records of a version a content part holds."""
+
+    sha256: str
+    size: int
+    chunks: int
 
 
 @dataclass
@@ -54,8 +64,7 @@ def footer_findings(parquet: pq.ParquetFile, entry: dict[str, Any]) -> list[Find
 
 
 def check_file(file: Path, size: int, entry: dict[str, Any], private: X25519PrivateKey, archive_id: str,
-               expected: dict[tuple[str, str], dict[str, Any]], part_of: dict[tuple[str, str], Any],
-               bar: Any) -> FileCheck:
+               expected: dict[Key, Expected], placed: Callable[[Key], str | None], bar: Any) -> FileCheck:
     """Hash, open and decrypt one listed file (full verification)."""
     path = entry["path"]
     check = FileCheck()
@@ -79,7 +88,7 @@ def check_file(file: Path, size: int, entry: dict[str, Any], private: X25519Priv
     check.readable = True
     check.rows = parquet.metadata.num_rows
     check.footer = footer_findings(parquet, entry)
-    _Reader(check, entry, parquet, bar).run(expected, part_of)
+    _Reader(check, entry, parquet, bar).run(expected, placed)
     return check
 
 
@@ -104,10 +113,10 @@ class _Reader:
         self.bar.update(target - self.advanced)
         self.advanced = target
 
-    def run(self, expected: dict[tuple[str, str], dict[str, Any]], part_of: dict[tuple[str, str], Any]) -> None:
+    def run(self, expected: dict[Key, Expected], placed: Callable[[Key], str | None]) -> None:
         try:
             if self.entry.get("kind") == "content":
-                self.content(expected, part_of)
+                self.content(expected, placed)
             else:
                 for batch in self.batches(_DATA_BATCH):
                     self.advance(batch.num_rows)
@@ -125,7 +134,7 @@ class _Reader:
             raise ArchiveKeyError("corrupt", f"a page does not decrypt or fails its checksum "
                                              f"({str(exc).splitlines()[0]})") from None
 
-    def content(self, expected: dict[tuple[str, str], dict[str, Any]], part_of: dict[tuple[str, str], Any]) -> None:
+    def content(self, expected: dict[Key, Expected], placed: Callable[[Key], str | None]) -> None:
         assembled: dict[tuple[str, str], _Assembly] = {}
         strays: set[tuple[str, str]] = set()
         current: _Assembly | None = None
@@ -140,7 +149,7 @@ class _Reader:
                 if key not in expected:
                     if key not in strays:
                         strays.add(key)
-                        elsewhere = part_of.get(key)
+                        elsewhere = placed(key)
                         self.problem(f"holds {name}, which the manifest " + (
                             "does not list" if elsewhere is None else "records as missing in the source"
                             if elsewhere == "missing" else f"assigns to {elsewhere}"))
@@ -171,14 +180,14 @@ class _Reader:
                 continue
             state = found
             self.check.content_bytes += state.size
-            if state.chunks != want["chunks"]:
-                self.problem(f"{name}: {state.chunks} chunk(s), the manifest says {want['chunks']}")
-            if state.size != want["size"]:
-                self.problem(f"{name}: {state.size} bytes reassembled, the manifest says {want['size']}")
+            if state.chunks != want.chunks:
+                self.problem(f"{name}: {state.chunks} chunk(s), the manifest says {want.chunks}")
+            if state.size != want.size:
+                self.problem(f"{name}: {state.size} bytes reassembled, the manifest says {want.size}")
             digest = state.hexdigest()
-            if digest is not None and digest != want["sha256"]:
+            if digest is not None and digest != want.sha256:
                 self.problem(f"{name}: the reassembled content's SHA-256 {digest} does not "
-                             f"match the manifest's {want['sha256']} (the document's bytes changed)")
+                             f"match the manifest's {want.sha256} (the document's bytes changed)")
 
 
 def _views(column: pa.Array) -> list[memoryview]:
