@@ -202,7 +202,7 @@ def test_bulk_blob_batches_follow_the_requested_order_bound_their_size_and_mark_
             from decom.adapters.sql_generic import FETCHERS
 
             pool = adapter._adbc
-            assert pool is not None and 1 <= len(pool._idle) <= FETCHERS
+            assert pool is not None and 1 <= len(pool._idle) <= FETCHERS["arrow"]
             first = {id(conn) for conn in pool._idle}
             list(adapter.content_batches(versions[:3], 64 * 1024))
             assert {id(conn) for conn in pool._idle} == first
