@@ -121,6 +121,7 @@ def _inventory_hashes(ctx: StageContext) -> dict[str, str]:
 SMALL_VERSION = 4 << 20   # versions up to this size are read whole and batched; larger ones stream
 PREFETCH = 2              # pieces (about one row group each) chunked and hashed ahead of the writer
 FETCH_AHEAD = 1           # batches fetched from the source ahead of the hashing
+OPEN_AHEAD = 16           # small versions read ahead of the hashing (at most 16 x 4 MiB)
 
 
 class _Rest:
@@ -155,7 +156,7 @@ def _pieces(ctx: StageContext, rows: list[dict[str, Any]], part: str) -> Iterato
     held: list[Mapping[str, Any]] = []
     values: list[bytes | None] = []
     size = 0
-    with read_ahead(_opened(ctx, rows), FETCH_AHEAD * 64, "content-open") as opened:
+    with read_ahead(_opened(ctx, rows), OPEN_AHEAD, "content-open") as opened:
         for row, data, large in opened:
             if large is not None or size >= ROW_GROUP_BYTES:
                 if held:
