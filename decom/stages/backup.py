@@ -80,6 +80,9 @@ def _snapshot(ctx: StageContext) -> dict[str, Any]:
 
 def _manifest(ctx: StageContext) -> dict[str, Any]:
     from decom.archive.manifest import build_manifest, write_signed
+    from decom.memory import release_free_memory
+
+    release_free_memory()  # what the content pipeline held, before every version is loaded
 
     opened = ctx.outputs["open"]
     archive = _archive_dir(ctx)
@@ -112,6 +115,9 @@ def _manifest(ctx: StageContext) -> dict[str, Any]:
 
 def _verify(ctx: StageContext) -> dict[str, Any]:
     from decom.archive.verify import verify_archive
+    from decom.memory import release_free_memory
+
+    release_free_memory()
 
     signer = content.signing_key(ctx).public_key()
     result = verify_archive(_archive_dir(ctx), signer=signer, full=False)
