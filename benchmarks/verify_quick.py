@@ -21,13 +21,14 @@ import time
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from decom.archive.manifest import build_manifest, write_signed
 
 
-def build(folder: Path, files: int) -> Path:
-    """An archive of `files` content files of 256 bytes, one version each, signed; the signer's key in signer.pub."""
+def build(folder: Path, files: int) -> tuple[Path, Ed25519PublicKey]:
+    """folder/archive: `files` content files of 256 bytes, one version each, and a manifest signed by a
+    throw-away key; returns the archive and that key (tests build the same archive)."""
     archive = folder / "archive"
     (archive / "content").mkdir(parents=True)
     entries, versions = [], []
@@ -44,9 +45,7 @@ def build(folder: Path, files: int) -> Path:
                               created_at="2026-11-23T00:00:00+00:00", source="benchmark", freeze=None,
                               signer=key.public_key(), recipients=[], files=entries, versions=versions, counts={})
     write_signed(archive, manifest, key)
-    (folder / "signer.pub").write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return archive
+    return archive, key.public_key()
 
 
 def timed(argv: list[str], cwd: Path) -> float:
@@ -65,7 +64,9 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="decom-verify-bench-"))
     try:
-        archive = build(work, args.files)
+        archive, signer = build(work, args.files)
+        (work / "signer.pub").write_bytes(signer.public_bytes(serialization.Encoding.PEM,
+                                                              serialization.PublicFormat.SubjectPublicKeyInfo))
         decom = [sys.executable, "-c", "from decom.cli import main; main()", "--quiet", "verify", str(archive),
                  "--signer-key", str(work / "signer.pub")]
         files = sorted(str(p.relative_to(archive)) for p in (archive / "content").iterdir())

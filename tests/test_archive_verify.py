@@ -25,6 +25,7 @@ from conftest import write_plan
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from benchmarks.verify_quick import build as build_many_file_archive
 from decom import api
 from decom.archive import pme
 from decom.archive.keys import canonical_json, fingerprint, generate, load_private, load_public
@@ -492,30 +493,9 @@ def test_full_verification_shows_progress_in_bytes(backups: Backups) -> None:
     assert unit == "B" and bar.total == bar.done == sum(f["size"] for f in manifest_of(backups.newer)["files"])
 
 
-def build_many_file_archive(folder: Path, files: int) -> tuple[Path, Ed25519PublicKey]:
-    """An archive of `files` small content parts (bytes only hashed by a quick verification)."""
-    archive = folder / "many"
-    (archive / "content").mkdir(parents=True)
-    entries, versions = [], []
-    for number in range(1, files + 1):
-        path = f"content/part-{number:06d}.parquet"
-        data = number.to_bytes(4, "big") * 64
-        (archive / path).write_bytes(data)
-        entries.append({"seq": number, "path": path, "kind": "content", "entity": None, "rows": 1,
-                        "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
-        versions.append({"document_id": f"d{number}", "version_id": f"v{number}", "size": 7, "chunks": 1,
-                         "sha256": hashlib.sha256(str(number).encode()).hexdigest(), "part": path})
-    key = Ed25519PrivateKey.generate()
-    manifest = build_manifest(archive_id="0" * 32, run_id="r", plan_name="p", plan_sha256="0" * 64,
-                              created_at="2026-11-20T18:00:00+00:00", source="test", freeze=None,
-                              signer=key.public_key(), recipients=[], files=entries, versions=versions, counts={})
-    write_signed(archive, manifest, key)
-    return archive, key.public_key()
-
-
 def test_quick_verification_checks_every_one_of_ten_thousand_files(tmp_path: Path) -> None:
     """How fast is benchmarks/verify_quick.py's business (target: under 2 s); this checks that all count."""
-    archive, signer = build_many_file_archive(tmp_path, 10_000)
+    archive, signer = build_many_file_archive(tmp_path, 10_000)  # the benchmark's archive
     result = verify_archive(archive, signer=signer)
     assert result.ok and result.checked["files"] == 10_000, result.problems[:3]
     victim = archive / "content" / "part-007777.parquet"
