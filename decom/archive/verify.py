@@ -104,7 +104,6 @@ class _Verifier:
         self.manifest: dict[str, Any] = {}
         self.files: list[dict[str, Any]] = []        # well-formed entries of manifest["files"]
         self.present: set[str] = set()               # listed paths whose file exists
-        self.readable: set[str] = set()              # listed paths whose footer decrypts
         # what each content part must hold, compact (the manifest's version dicts are let go once checked)
         self.by_part: dict[str, dict[tuple[str, str], Expected]] = {}
         self.missing_versions: set[tuple[str, str]] = set()
@@ -303,12 +302,13 @@ class _Verifier:
     # --- with a key: footers, row counts, pages, content -------------------------------------------
 
     def key_problem(self) -> tuple[str, str] | None:
-        """Why the key given cannot decrypt this archive (what, kind), or None."""
+        """Why the key given cannot serve this verification (what, kind), or None (also when a quick
+        verification has no key: it then checks no footer)."""
         if self.private is None:
             if self.full:
                 return ("missing key: full verification decrypts every file; give a recipient's private key "
                         "(--key-file)", "missing_key")
-            return ("", "")
+            return None
         mine = fingerprint(self.private.public_key())
         recipients = self.manifest.get("recipients")
         if isinstance(recipients, list) and mine not in recipients:
@@ -318,9 +318,9 @@ class _Verifier:
 
     def key_usable(self) -> bool:
         problem = self.key_problem()
-        if problem is not None and problem[0]:
+        if problem is not None:
             self.problem("-", *problem)
-        return problem is None
+        return problem is None and self.private is not None
 
     def open(self, path: str) -> pq.ParquetFile | None:
         assert self.private is not None
@@ -340,7 +340,6 @@ class _Verifier:
             parquet = self.open(path)
             if parquet is None:
                 continue
-            self.readable.add(path)
             self.result.checked["rows"] += parquet.metadata.num_rows
             for what, kind in footer_findings(parquet, entry):
                 self.problem(path, what, kind)
@@ -387,7 +386,7 @@ class _Verifier:
         self.structure()
         self.version_list()
         on_disk = self.on_disk()
-        if self.full and self.key_problem() is None:
+        if self.full and self.private is not None and self.key_problem() is None:
             self.full_pass(on_disk)
             return self.result
         self.hashes(on_disk, sha256_files([(file, size) for _, file, size in on_disk]))

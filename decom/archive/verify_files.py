@@ -45,7 +45,6 @@ class FileCheck:
     """What checking one file found."""
 
     digest: str | OSError | None = None          # None: not hashed here
-    readable: bool = False                       # the footer decrypted
     rows: int = 0
     footer: list[Finding] = field(default_factory=list)
     pages: list[Finding] = field(default_factory=list)
@@ -85,7 +84,6 @@ def check_file(file: Path, size: int, entry: dict[str, Any], private: X25519Priv
         check.footer.append((str(exc), exc.kind))
         bar.update(size)
         return check
-    check.readable = True
     check.rows = parquet.metadata.num_rows
     check.footer = footer_findings(parquet, entry)
     _Reader(check, entry, parquet, bar).run(expected, placed)
@@ -102,10 +100,10 @@ class _Reader:
         self.advanced = 0
         self.reported = 0
 
-    def problem(self, what: str, kind: str = "content") -> None:
+    def problem(self, what: str) -> None:
         self.reported += 1
         if self.reported <= _PER_FILE:
-            self.check.pages.append((what, kind))
+            self.check.pages.append((what, "content"))
 
     def advance(self, rows: int) -> None:
         self.rows += rows
