@@ -104,7 +104,8 @@ class ChangedAfterFreeze:
 
 # --- content parts ---------------------------------------------------------------------------------
 
-def _inventory_hashes(ctx: StageContext) -> dict[str, str]:
+def _inventory_hashes(ctx: StageContext) -> Mapping[str, str]:
+    """The inventory's SHA-256 per version id, read once per stage (each content part looks up its own)."""
     if "inventory_hashes" not in ctx.cache:
         hashes: dict[str, str] = {}
         for stage in ctx.plan.spec.stages:
@@ -115,7 +116,8 @@ def _inventory_hashes(ctx: StageContext) -> dict[str, str]:
                     hashes.update((v, h) for v, h in zip(table.column("version_id").to_pylist(),
                                                          table.column("sha256").to_pylist(), strict=True) if h)
         ctx.cache["inventory_hashes"] = hashes
-    return dict(ctx.cache["inventory_hashes"])
+    cached: Mapping[str, str] = ctx.cache["inventory_hashes"]
+    return cached
 
 
 SMALL_VERSION = 4 << 20   # versions up to this size are read whole and batched; larger ones stream
