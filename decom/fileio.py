@@ -67,10 +67,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
-def write_json(path: Path, data: Any, before_commit: Callable[[], None] | None = None) -> None:
+def write_json(path: Path, data: Any, before_commit: Callable[[], None] | None = None, *,
+               compact: bool = False) -> None:
+    """Write JSON atomically: indented for people, or `compact` (one line, json's C encoder, several
+    times faster) for large records that only decom reads back, such as a backup part's versions."""
+    indent, separators = (None, (",", ":")) if compact else (2, None)
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=2, sort_keys=True, default=str) + "\n",
-                       encoding="utf-8")
+        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=indent, separators=separators, sort_keys=True,
+                                  default=str) + "\n", encoding="utf-8")
         if before_commit is not None:
             before_commit()
 

@@ -252,7 +252,7 @@ def write_part(ctx: StageContext, number: int) -> dict[str, Any]:
     changed = [v["version_id"] for v in versions
                if v.get("sha256") and inventory.get(v["version_id"], v["sha256"]) != v["sha256"]]
     sidecar = ctx.stage_dir / "content" / f"part-{number:06d}.json"
-    write_json(sidecar, {"versions": versions, "changed_since_inventory": changed})
+    write_json(sidecar, {"versions": versions, "changed_since_inventory": changed}, compact=True)
     return {"kind": "content", **vars(done[0]), "file": str(sidecar.relative_to(ctx.state_dir)),
             "versions": len(versions), "missing": sum(1 for v in versions if v.get("missing")),
             "content_bytes": sum(v.get("size", 0) for v in versions),
