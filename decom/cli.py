@@ -343,4 +343,7 @@ def run_cli(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
+    from decom.memory import tune_allocator
+
+    tune_allocator()  # the process is ours: let malloc reuse what streaming frees (decom/memory.py)
     sys.exit(run_cli())

@@ -1,4 +1,5 @@
-"""Hand memory that is free again back to the operating system between the phases of a long step.
+"""How decom's process uses memory: glibc's malloc tuned for streaming, and memory that is free
+again handed back to the operating system between the phases of a long step.
 
 The backup's content parts leave the allocators (glibc's per-thread arenas, Arrow's pool) holding
 the buffers of the pipeline after the last part is written; the manifest and the verification that
@@ -12,16 +13,49 @@ import ctypes
 import ctypes.util
 import gc
 import sys
+from typing import Any
 
-import pyarrow as pa
+# mallopt(3) parameters (glibc's malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+MMAP_THRESHOLD = 32 << 20   # glibc's largest: blocks up to 32 MiB come from the heap, not from mmap
+TRIM_THRESHOLD = 256 << 20  # free memory kept at the top of a heap before it is given back
+ARENA_MAX = 2               # malloc arenas shared by all threads (glibc's default: 8 per core)
+
+
+def _libc() -> Any | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None  # not glibc (musl): nothing to tune
+
+
+def tune_allocator() -> bool:
+    """Let glibc's malloc reuse the memory that streaming work frees, instead of returning it to the
+    kernel and asking for fresh pages for the next batch. Process-wide, so the CLI calls it once at
+    start (library users may too). Returns whether it applied (glibc only).
+
+    The ADBC driver builds each fetched batch (8-16 MiB) in buffers it grows with realloc. With
+    glibc's defaults those come from mmap and go back with munmap, so every byte fetched lands on a
+    page the kernel must find and zero again: about 1 s of CPU per GiB on our 2-core VMs (`minflt`
+    of a 983 MB backup: ~300,000 with the defaults, ~110,000 with these settings; system time
+    2.3 s -> 1.2 s). Two arenas keep the retained memory bounded (peak RSS unchanged, ~410 MiB).
+    """
+    libc = _libc()
+    if libc is None:
+        return False
+    return all(libc.mallopt(param, value) == 1 for param, value in
+               ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_ARENA_MAX, ARENA_MAX)))
 
 
 def release_free_memory() -> None:
     """Collect garbage, then ask Arrow's pool and glibc's malloc to return free memory (best effort)."""
+    import pyarrow as pa
+
     gc.collect()
     pa.default_memory_pool().release_unused()
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass  # not glibc (musl): nothing to trim
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -229,3 +229,15 @@ def test_a_file_read_whole_for_full_verification_is_exact_also_when_it_grew(
     finally:
         if folder == "tmpfs":
             shutil.rmtree(base)
+
+
+def test_allocator_tuning_applies_on_glibc_and_is_a_no_op_elsewhere() -> None:
+    """The CLI tunes glibc's malloc at start (decom/memory.py): on glibc every mallopt call must
+    succeed (a wrong parameter number returns 0); off Linux it reports that nothing was done."""
+    import subprocess
+    import sys
+
+    code = "import decom.memory as m; print(m.tune_allocator())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    is_glibc = sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"
+    assert out == str(is_glibc)
