@@ -15,9 +15,6 @@ from decom.fileio import write_json, write_text
 from decom.journal import Journal, JournalCheck
 from decom.plan import LoadedPlan, PlanProblem, check_plan, load_plan
 from decom.progress import QUIET, Progress
-from decom.record import RecordCheck, RecordResult
-from decom.report.html import render_html
-from decom.report.markdown import render_markdown, report_data
 
 
 def validate(plan_path: Path | str) -> list[PlanProblem]:
@@ -57,6 +54,9 @@ def plan(plan_path: Path | str, *, state: Path | None = None, out: Path | None =
     header = {"name": spec.name, "owner": spec.owner, "ticket": spec.ticket, "file": str(loaded.path),
               "sha256": loaded.sha256, "source": loaded.source_url_redacted(),
               "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "warnings": warnings}
+    from decom.report.html import render_html  # report modules load only for `plan` (start-up time)
+    from decom.report.markdown import render_markdown, report_data
+
     data = report_data(header, planned)
     out_dir = out or state_dir / "reports"
     markdown_path, json_path = out_dir / "plan-report.md", out_dir / "plan-report.json"
@@ -162,6 +162,7 @@ def build_demo(db_url: str, content_root: Path, documents: int = 2000, seed: int
 
 if TYPE_CHECKING:
     from decom.archive.verify import VerifyResult
+    from decom.record import RecordCheck, RecordResult
 
 
 def _trusted_signer(signer_key: Path | None, signer_fingerprint: str | None) -> Any:

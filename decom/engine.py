@@ -137,9 +137,10 @@ def stage_module(kind: str) -> StageModule | None:
     """The module implementing a stage kind, or None when it is not available yet."""
     if kind not in AVAILABLE_STAGE_KINDS:
         return None
-    from decom.stages import REGISTRY
+    from decom import stages
 
-    return REGISTRY.get(kind)
+    found: StageModule | None = stages.module(kind)
+    return found
 
 
 def open_store(plan: LoadedPlan, state_dir: Path) -> CheckpointStore:

@@ -1,14 +1,20 @@
 """The six stages of a decommission, one module each, in the order a plan runs them.
 
-inventory, access_audit, backup, handover, shutdown, final_checks. REGISTRY lists the ones
-this version implements; the others are known to the plan schema and reported "not available yet".
+inventory, access_audit, backup, handover, shutdown, final_checks. MODULES names the module of
+each kind this version implements; `module(kind)` imports only that one, so a run of one stage
+does not pay for loading the others (SSH, LDAP, reports: ~0.25 s of start-up).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from types import ModuleType
 
-from decom.stages import access_audit, backup, final_checks, handover, inventory, shutdown
+MODULES: dict[str, str] = {kind: f"decom.stages.{kind}" for kind in
+                           ("inventory", "access_audit", "backup", "handover", "shutdown", "final_checks")}
 
-REGISTRY: dict[str, Any] = {"inventory": inventory, "access_audit": access_audit, "backup": backup,
-                            "handover": handover, "shutdown": shutdown, "final_checks": final_checks}
+
+def module(kind: str) -> ModuleType | None:
+    """The module implementing a stage kind, imported on first use; None for an unknown kind."""
+    name = MODULES.get(kind)
+    return importlib.import_module(name) if name is not None else None
