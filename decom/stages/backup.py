@@ -1,15 +1,17 @@
 """Backup stage: the source's tables and content into an encrypted, signed Parquet archive.
 
-Steps: open (archive id and folder), one encrypted file per entity, a snapshot of the versions
-split into parts of bounded size, one encrypted content part per step, the signed manifest, and
-a quick verification. Each file is written under a temporary name, test-decrypted, fsynced and
-renamed before its step is marked done: a crash costs at most one file's work.
+Steps: open (archive id and folder), a snapshot of the versions split into parts of bounded
+size, one encrypted file per entity (while the first content part is already being read), one
+encrypted content part per step, the signed manifest, and a quick verification. Each file is
+written under a temporary name, test-decrypted, fsynced and renamed before its step is marked
+done: a crash costs at most one file's work.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from array import array
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from functools import partial
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from decom.engine import StageContext, StagePlan, Step
@@ -59,23 +62,28 @@ def _entity(ctx: StageContext, entity: str) -> dict[str, Any]:
     return {"kind": "data", "entity": entity, **vars(done[0]), **changed.outputs()}
 
 
+PARTS_SCHEMA = pa.schema([("version_id", pa.string()), ("document_id", pa.string()), ("content_ref", pa.string()),
+                          ("size_bytes", pa.int64()), ("part", pa.int32())])
+
+
 def _snapshot(ctx: StageContext) -> dict[str, Any]:
     """Freeze the list of versions and their split into parts, so a resumed run cuts the same parts."""
     limit = ctx.stage_spec.part_mb << 20
-    rows: list[dict[str, Any]] = []
+    listed = pa.schema(list(PARTS_SCHEMA)[:-1])
+    versions = pa.Table.from_batches([batch.select(listed.names).cast(listed)
+                                      for batch in ctx.adapter.read("versions")], schema=listed)
+    numbers = array("i")
     part, size_in_part = 1, 0
-    for batch in ctx.adapter.read("versions"):
-        for row in batch.select(["version_id", "document_id", "content_ref", "size_bytes"]).to_pylist():
-            size = int(row["size_bytes"] or 0)
-            if size_in_part and size_in_part + size > limit:
-                part, size_in_part = part + 1, 0
-            size_in_part += size
-            rows.append({**row, "part": part})
-    schema = pa.schema([("version_id", pa.string()), ("document_id", pa.string()), ("content_ref", pa.string()),
-                        ("size_bytes", pa.int64()), ("part", pa.int32())])
+    for size in pc.fill_null(versions.column("size_bytes"), 0).to_pylist():
+        if size_in_part and size_in_part + size > limit:
+            part, size_in_part = part + 1, 0
+        size_in_part += size
+        numbers.append(part)
+    rows = versions.append_column(PARTS_SCHEMA.field("part"), pa.array(numbers, pa.int32()))
     path = ctx.stage_dir / "parts.parquet"
-    write_table(path, pa.Table.from_pylist(rows, schema=schema), lambda: ctx.crashpoint("inside"))
-    return {"file": str(path.relative_to(ctx.state_dir)), "versions": len(rows), "parts": part if rows else 0}
+    write_table(path, rows, lambda: ctx.crashpoint("inside"))
+    return {"file": str(path.relative_to(ctx.state_dir)), "versions": rows.num_rows,
+            "parts": part if rows.num_rows else 0}
 
 
 def _manifest(ctx: StageContext) -> dict[str, Any]:
@@ -130,12 +138,14 @@ def _verify(ctx: StageContext) -> dict[str, Any]:
 def run(ctx: StageContext) -> Iterator[Step]:
     yield Step("open", "create the archive folder and its id", _open)
     entities = ctx.adapter.entities()
+    if "versions" in entities:
+        yield Step("parts", "snapshot the versions and split their content into parts", _snapshot,
+                   {"part_mb": ctx.stage_spec.part_mb})
+        content.read_first_part_early(ctx)  # its fetching and hashing overlap the entity files below
     for entity in entities:
         yield Step(f"data:{entity}", f"write {entity} to data/{entity}.parquet (encrypted)",
                    partial(_entity, entity=entity), {"entity": entity})
     if "versions" in entities:
-        yield Step("parts", "snapshot the versions and split their content into parts", _snapshot,
-                   {"part_mb": ctx.stage_spec.part_mb})
         parts = pq.read_table(ctx.state_dir / ctx.outputs["parts"]["file"])
         total = int(pa.compute.sum(parts.column("size_bytes")).as_py() or 0)
         with ctx.progress.bar(total, "backing up content", unit="B") as bar:

@@ -216,6 +216,17 @@ def _read_part(ctx: StageContext, number: int) -> ReadAhead[Piece]:
     return reader
 
 
+def _sidecar(ctx: StageContext, number: int) -> Path:
+    return ctx.stage_dir / "content" / f"part-{number:06d}.json"
+
+
+def read_first_part_early(ctx: StageContext) -> None:
+    """Start reading part 1 now, unless it is already written (a resumed run), so that its fetch
+    and hashing overlap the steps before it (the entity files: ~0.4 s for 20,000 versions)."""
+    if ctx.outputs["parts"]["parts"] and "next_part" not in ctx.cache and not _sidecar(ctx, 1).exists():
+        ctx.cache["next_part"] = (1, _read_part(ctx, 1))
+
+
 def write_part(ctx: StageContext, number: int) -> dict[str, Any]:
     """One encrypted content part. Reading the next part starts once this one's content is written,
     so it overlaps this part's fsync, test decrypt and checkpoint (a crash loses only that read)."""
@@ -251,7 +262,7 @@ def write_part(ctx: StageContext, number: int) -> dict[str, Any]:
         pieces.close()
     changed = [v["version_id"] for v in versions
                if v.get("sha256") and inventory.get(v["version_id"], v["sha256"]) != v["sha256"]]
-    sidecar = ctx.stage_dir / "content" / f"part-{number:06d}.json"
+    sidecar = _sidecar(ctx, number)
     write_json(sidecar, {"versions": versions, "changed_since_inventory": changed}, compact=True)
     return {"kind": "content", **vars(done[0]), "file": str(sidecar.relative_to(ctx.state_dir)),
             "versions": len(versions), "missing": sum(1 for v in versions if v.get("missing")),
