@@ -1,4 +1,8 @@
-"""The library API: every command of the CLI is one function here, and the tests call the same ones."""
+"""The library API: every command of the CLI is one function here, and the tests call the same ones.
+
+Each function imports what it needs when called: an auditor's `decom verify` then loads only the
+archive modules (~0.3 s), not the engine, SQLAlchemy and the plan models (~0.6 s more).
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from decom import engine
-from decom.checkpoint import CheckpointStore
-from decom.engine import RunResult, StagePlan
 from decom.errors import UserError
-from decom.fileio import write_json, write_text
-from decom.journal import Journal, JournalCheck
-from decom.plan import LoadedPlan, PlanProblem, check_plan, load_plan
 from decom.progress import QUIET, Progress
+
+if TYPE_CHECKING:
+    from decom.archive.verify import VerifyResult
+    from decom.engine import RunResult, StagePlan
+    from decom.journal import JournalCheck
+    from decom.plan import LoadedPlan, PlanProblem
+    from decom.record import RecordCheck, RecordResult
 
 
 def validate(plan_path: Path | str) -> list[PlanProblem]:
     """All problems of a plan file (errors and warnings); raises nothing for a bad plan."""
+    from decom.plan import check_plan
+
     return check_plan(plan_path)
 
 
@@ -43,6 +50,10 @@ def plan(plan_path: Path | str, *, state: Path | None = None, out: Path | None =
          stages: list[str] | None = None, progress: Progress = QUIET) -> PlanReport:
     """Dry run: ask every stage (or only the named `stages`) what it would do and write the report.
     Changes nothing in the source."""
+    from decom import engine
+    from decom.fileio import write_json, write_text
+    from decom.plan import load_plan
+
     loaded = load_plan(plan_path)
     state_dir = _state_dir(loaded, state)
     planned = engine.plan_stages(loaded, state_dir, progress, only=stages)
@@ -70,6 +81,9 @@ def plan(plan_path: Path | str, *, state: Path | None = None, out: Path | None =
 def run(plan_path: Path | str, *, state: Path | None = None, stages: list[str] | None = None,
         accept_changed_plan: bool = False, progress: Progress = QUIET) -> RunResult:
     """Execute the plan's pending stages; after a crash the same call resumes where it stopped."""
+    from decom import engine
+    from decom.plan import load_plan
+
     loaded = load_plan(plan_path)
     return engine.run_plan(loaded, _state_dir(loaded, state), stages=stages,
                            accept_changed_plan=accept_changed_plan, progress=progress)
@@ -98,6 +112,10 @@ class Status:
 
 def status(plan_path: Path | str, *, state: Path | None = None) -> Status:
     """Stage and step progress from the checkpoint store, and whether the journal chain is intact."""
+    from decom.checkpoint import CheckpointStore
+    from decom.journal import Journal
+    from decom.plan import load_plan
+
     loaded = load_plan(plan_path)
     state_dir = _state_dir(loaded, state)
     name = loaded.spec.plan.name
@@ -126,6 +144,7 @@ def status(plan_path: Path | str, *, state: Path | None = None) -> Status:
 
 def undo(plan_path: Path | str, *, stage: str, state: Path | None = None, dry_run: bool = False) -> list[Any]:
     """Restore what the lock-down steps of `stage` changed (or, with dry_run, list it)."""
+    from decom.plan import load_plan
     from decom.undo import undo as _undo
 
     loaded = load_plan(plan_path)
@@ -144,6 +163,9 @@ def generate_keys(kind: str, out_prefix: Path) -> tuple[Path, Path, str]:
 
 
 def verify_journal(plan_path: Path | str, *, state: Path | None = None) -> JournalCheck:
+    from decom.journal import Journal
+    from decom.plan import load_plan
+
     loaded = load_plan(plan_path)
     return Journal(_state_dir(loaded, state) / "journal.jsonl").verify()
 
@@ -158,11 +180,6 @@ def build_demo(db_url: str, content_root: Path, documents: int = 2000, seed: int
     if documents < 1:
         raise UserError("--documents must be at least 1")
     return _build(db_url, content_root, spec, progress=progress.enabled)
-
-
-if TYPE_CHECKING:
-    from decom.archive.verify import VerifyResult
-    from decom.record import RecordCheck, RecordResult
 
 
 def _trusted_signer(signer_key: Path | None, signer_fingerprint: str | None) -> Any:
@@ -224,6 +241,7 @@ def record(plan_path: Path | str, *, state: Path | None = None, out: Path | None
     Signed with the plan's archive.signing_key_file. Journals `record_written` with the record's SHA-256
     after the record is written: the journal head in the record is the one before that entry.
     """
+    from decom.plan import load_plan
     from decom.record import write_record
 
     loaded = load_plan(plan_path)
