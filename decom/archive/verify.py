@@ -3,7 +3,7 @@
 Quick (no key needed): the signature against a signer key trusted from elsewhere, every listed file
 present with its size and SHA-256, nothing unlisted, `seq` 1..n, the Merkle root over `versions`.
 With a recipient's private key also every footer (which proves the file's key binding) and its row
-count. Full (key needed): every page decrypted with its checksum checked, every chunk hash, every
+count. Full (key needed): every page decrypted (its AES-GCM tag checked), every chunk hash, every
 version reassembled and compared with the manifest, and every content part holding exactly the
 versions the manifest assigns to it.
 
