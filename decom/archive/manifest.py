@@ -125,9 +125,11 @@ def detached_signature_problem(signature_file: Path, data: bytes, embedded_pem: 
 
 def signature_problem(archive_dir: Path, manifest_bytes: bytes, trusted: Ed25519PublicKey | str) -> str | None:
     """None when manifest.sig signs these bytes with the trusted key (or fingerprint); else why not."""
-    try:
-        embedded = json.loads(manifest_bytes)["signer"]["public_key_pem"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        embedded = None
+    embedded = None
+    if not isinstance(trusted, Ed25519PublicKey):  # only a fingerprint needs the key the manifest embeds
+        try:
+            embedded = json.loads(manifest_bytes)["signer"]["public_key_pem"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            pass
     return detached_signature_problem(archive_dir / SIGNATURE, manifest_bytes, embedded, trusted,
                                       owner="manifest", signed_file=MANIFEST)

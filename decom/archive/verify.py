@@ -47,7 +47,7 @@ from decom.archive.filehash import sha256_files
 from decom.archive.keys import fingerprint
 from decom.archive.manifest import MANIFEST, SIGNATURE, merkle_root, read_manifest, signature_problem
 from decom.archive.pme import ArchiveKeyError, open_encrypted
-from decom.archive.verify_files import Expected, check_file, footer_findings
+from decom.archive.verify_files import Expected, check_file, footer_findings, version_name
 from decom.errors import UserError
 from decom.progress import QUIET, Progress
 
@@ -210,9 +210,8 @@ class _Verifier:
                 self.problem(MANIFEST, f"{where} lacks document_id or version_id", "manifest")
                 continue
             key = (v["document_id"], v["version_id"])
-            name = f"version {v['version_id']} of document {v['document_id']}"
             if previous is not None and key <= previous:
-                self.problem(MANIFEST, f"{where} ({name}) is out of order or repeated: versions must be "
+                self.problem(MANIFEST, f"{where} ({version_name(key)}) is out of order or repeated: versions must be "
                                        "sorted by (document_id, version_id)", "manifest")
             previous = key
             if v.get("missing"):
@@ -220,11 +219,12 @@ class _Verifier:
                 continue
             if not _HEX64.fullmatch(str(v.get("sha256"))) or not isinstance(v.get("size"), int) \
                     or not isinstance(v.get("chunks"), int):
-                self.problem(MANIFEST, f"{where} ({name}) lacks a valid sha256, size or chunks", "manifest")
+                self.problem(MANIFEST, f"{where} ({version_name(key)}) lacks a valid sha256, size or chunks",
+                             "manifest")
                 continue
             if v.get("part") not in content_paths:
-                self.problem(MANIFEST, f"{where} ({name}) is assigned to {v.get('part')!r}, which is not a "
-                                       "listed content file", "manifest")
+                self.problem(MANIFEST, f"{where} ({version_name(key)}) is assigned to {v.get('part')!r}, which is "
+                                       "not a listed content file", "manifest")
                 continue
             well_formed.append(v)
         for v in well_formed:

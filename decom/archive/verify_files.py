@@ -143,12 +143,11 @@ class _Reader:
             chunks = _views(batch.column(4))
             for document_id, version_id, index, offset, chunk_sha, data in zip(*names, chunks, strict=True):
                 key = (document_id, version_id)
-                name = f"version {version_id} of document {document_id}"
                 if key not in expected:
                     if key not in strays:
                         strays.add(key)
                         elsewhere = placed(key)
-                        self.problem(f"holds {name}, which the manifest " + (
+                        self.problem(f"holds {version_name(key)}, which the manifest " + (
                             "does not list" if elsewhere is None else "records as missing in the source"
                             if elsewhere == "missing" else f"assigns to {elsewhere}"))
                     continue
@@ -158,34 +157,38 @@ class _Reader:
                         current.close()
                     current = state
                     if state.closed:
-                        self.problem(f"{name}: chunk {index} is not in the rows right after the version's "
+                        self.problem(f"{version_name(key)}: chunk {index} is not in the rows right after the version's "
                                      "other chunks (section 3: a version's chunks are consecutive rows)")
                 sha = hashlib.sha256(data).hexdigest()
                 if sha != chunk_sha:
-                    self.problem(f"{name}: chunk {index} does not match its chunk_sha256")
+                    self.problem(f"{version_name(key)}: chunk {index} does not match its chunk_sha256")
                 if index != state.chunks or offset != state.size:
-                    self.problem(f"{name}: chunk {index} at offset {offset} is out of place (expected chunk "
-                                 f"{state.chunks} at offset {state.size})")
+                    self.problem(f"{version_name(key)}: chunk {index} at offset {offset} is out of place "
+                                 f"(expected chunk {state.chunks} at offset {state.size})")
                 if len(data) > MAX_CHUNK:
-                    self.problem(f"{name}: chunk {index} holds {len(data)} bytes, more than 1 MiB")
+                    self.problem(f"{version_name(key)}: chunk {index} holds {len(data)} bytes, more than 1 MiB")
                 state.add(data, sha)
             self.advance(batch.num_rows)
         for key, want in expected.items():
-            name = f"version {key[1]} of document {key[0]}"
             found = assembled.get(key)
             if found is None:
-                self.problem(f"lacks {name}, which the manifest assigns to it")
+                self.problem(f"lacks {version_name(key)}, which the manifest assigns to it")
                 continue
             state = found
             self.check.content_bytes += state.size
             if state.chunks != want.chunks:
-                self.problem(f"{name}: {state.chunks} chunk(s), the manifest says {want.chunks}")
+                self.problem(f"{version_name(key)}: {state.chunks} chunk(s), the manifest says {want.chunks}")
             if state.size != want.size:
-                self.problem(f"{name}: {state.size} bytes reassembled, the manifest says {want.size}")
+                self.problem(f"{version_name(key)}: {state.size} bytes reassembled, the manifest says {want.size}")
             digest = state.hexdigest()
             if digest is not None and digest != want.sha256:
-                self.problem(f"{name}: the reassembled content's SHA-256 {digest} does not "
+                self.problem(f"{version_name(key)}: the reassembled content's SHA-256 {digest} does not "
                              f"match the manifest's {want.sha256} (the document's bytes changed)")
+
+
+def version_name(key: tuple[str, str]) -> str:
+    """How a problem names a version (built only when there is a problem to report)."""
+    return f"version {key[1]} of document {key[0]}"
 
 
 def _views(column: pa.Array) -> list[memoryview]:
