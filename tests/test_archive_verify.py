@@ -187,6 +187,17 @@ def manifest_damaged(archive: Path, b: Backups) -> Expect:
     return Expect("manifest.json", ("manifest",), "manifest", "not valid JSON")
 
 
+def manifest_not_an_object(archive: Path, b: Backups) -> Expect:
+    (archive / "manifest.json").write_bytes(json.dumps(manifest_of(archive)["versions"]).encode())  # valid JSON
+    return Expect("manifest.json", ("manifest",), "manifest", "JSON but not a decom archive manifest")
+
+
+def manifest_reindented(archive: Path, b: Backups) -> Expect:
+    """Same content, other bytes (not canonical JSON): read all the same, and the signature no longer fits."""
+    (archive / "manifest.json").write_text(json.dumps(manifest_of(archive), indent=1), encoding="utf-8")
+    return Expect("manifest.json", ("signature",), "signature", "altered")
+
+
 def manifest_edited(archive: Path, b: Backups) -> Expect:
     """Put an older file back and edit its size and hash into the manifest: only the signature tells."""
     path = "data/documents.parquet"
@@ -237,7 +248,8 @@ def untracked_file(archive: Path, b: Backups) -> Expect:
 
 
 TAMPERS: dict[str, Callable[[Path, Backups], Expect]] = {f.__name__: f for f in (
-    truncated, bit_flip_in_data_page, bit_flip_in_footer, bit_flip_in_manifest, manifest_damaged, manifest_edited,
+    truncated, bit_flip_in_data_page, bit_flip_in_footer, bit_flip_in_manifest, manifest_damaged,
+    manifest_not_an_object, manifest_reindented, manifest_edited,
     signed_by_another_key, swapped_with_another_archive, swapped_positions, older_file_put_back, file_deleted,
     untracked_file)}
 

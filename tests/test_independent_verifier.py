@@ -59,8 +59,9 @@ def test_the_tool_imports_nothing_but_stock_libraries() -> None:
 
 def test_the_tool_and_decom_compute_the_same_merkle_root() -> None:
     module: dict[str, Any] = runpy.run_path(str(TOOL))
-    for count in range(0, 12):
-        versions = [{"document_id": f"d{i}", "version_id": f"v{i}", "sha256": hashlib.sha256(bytes([i])).hexdigest()}
+    for count in [*range(0, 40), 63, 64, 65, 127, 128, 129, 1000, 1023, 1025]:  # every shape of odd node
+        versions = [{"document_id": f"d{i}", "version_id": f"v{i}",
+                     "sha256": hashlib.sha256(str(i).encode()).hexdigest()}
                     if i % 4 else {"document_id": f"d{i}", "version_id": f"v{i}", "missing": True}
                     for i in range(count)]
         assert module["merkle"](versions) == merkle_root(versions)

@@ -30,18 +30,42 @@ def _leaf(version: dict[str, Any]) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"decom-node\x00" + left + right).digest()
+
+
+class MerkleRoot:
+    """Section 7's root built as leaves arrive, holding one node per level (log2 n of them).
+
+    The section pairs a level's nodes left to right and moves an odd last node up unpaired; merging
+    equal-height subtrees as they complete, then the rest right to left, gives the same tree.
+    """
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, bytes]] = []   # (height, node), heights strictly decreasing
+
+    def add(self, version: dict[str, Any]) -> None:
+        """Add the leaf of one manifest entry; KeyError/TypeError when it lacks what a leaf needs."""
+        node, height = _leaf(version), 0
+        while self._stack and self._stack[-1][0] == height:
+            node, height = _node(self._stack.pop()[1], node), height + 1
+        self._stack.append((height, node))
+
+    def hexdigest(self) -> str:
+        if not self._stack:
+            return hashlib.sha256(b"decom-empty").hexdigest()
+        node = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            node = _node(left, node)
+        return node.hex()
+
+
 def merkle_root(versions: list[dict[str, Any]]) -> str:
     """Section 7 of docs/archive-format.md: leaves in manifest order, pairs hashed, odd node moves up."""
-    level = [_leaf(v) for v in versions]
-    if not level:
-        return hashlib.sha256(b"decom-empty").hexdigest()
-    while len(level) > 1:
-        paired = [hashlib.sha256(b"decom-node\x00" + level[i] + level[i + 1]).digest()
-                  for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            paired.append(level[-1])
-        level = paired
-    return level[0].hex()
+    root = MerkleRoot()
+    for version in versions:
+        root.add(version)
+    return root.hexdigest()
 
 
 def build_manifest(*, archive_id: str, run_id: str, plan_name: str, plan_sha256: str, created_at: str,

@@ -45,7 +45,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from decom.archive.filehash import sha256_files
 from decom.archive.keys import fingerprint
-from decom.archive.manifest import MANIFEST, SIGNATURE, merkle_root, read_manifest, signature_problem
+from decom.archive.manifest import FORMAT, MANIFEST, SIGNATURE, MerkleRoot, signature_problem
+from decom.archive.manifest_index import ExpectedIndex, entries, split_versions
 from decom.archive.pme import ArchiveKeyError, open_encrypted
 from decom.archive.verify_files import Expected, check_file, footer_findings, version_name
 from decom.errors import UserError
@@ -104,8 +105,9 @@ class _Verifier:
         self.manifest: dict[str, Any] = {}
         self.files: list[dict[str, Any]] = []        # well-formed entries of manifest["files"]
         self.present: set[str] = set()               # listed paths whose file exists
-        # what each content part must hold, compact (the manifest's version dicts are let go once checked)
-        self.by_part: dict[str, dict[tuple[str, str], Expected]] = {}
+        self.text = ""                               # manifest.json decoded, until its versions are read
+        self.versions_at: int | None = None          # where its versions array starts in `text`
+        self.expected = ExpectedIndex()              # what each content part must hold, as Arrow columns
         self.missing_versions: set[tuple[str, str]] = set()
 
     def problem(self, file: str, what: str, kind: str) -> None:
@@ -122,10 +124,11 @@ class _Verifier:
                 raise UserError(f"{self.archive} is not a decom archive: it has no {MANIFEST}")
             self.problem(MANIFEST, "missing: the archive has no manifest, nothing in it can be trusted", "missing")
             return None
+        raw = (self.archive / MANIFEST).read_bytes()
         try:
-            manifest, raw = read_manifest(self.archive)
-        except UserError:
-            raw = (self.archive / MANIFEST).read_bytes()
+            text = raw.decode("utf-8")
+            manifest, self.versions_at = split_versions(text)  # no dict per version (manifest_index.py)
+        except (ValueError, UnicodeDecodeError):
             try:
                 json.loads(raw)
                 why = "it is JSON but not a decom archive manifest"
@@ -133,7 +136,11 @@ class _Verifier:
                 why = "it is not valid JSON"
             self.problem(MANIFEST, f"damaged: {why} (altered or bit flip)", "manifest")
             return raw
-        self.manifest = manifest
+        if manifest.get("format") != FORMAT:
+            self.problem(MANIFEST, "damaged: it is JSON but not a decom archive manifest (altered or bit flip)",
+                         "manifest")
+            return raw
+        self.manifest, self.text = manifest, text
         return raw
 
     def signature(self, raw: bytes) -> None:
@@ -196,14 +203,20 @@ class _Verifier:
             self.files.append(entry)
 
     def version_list(self) -> None:
-        versions = self.manifest.get("versions")
-        if not isinstance(versions, list):
+        if self.versions_at is None:
             self.problem(MANIFEST, "versions is missing or not a list", "manifest")
             return
         content_paths = {f["path"] for f in self.files if f.get("kind") == "content"}
         previous: tuple[str, str] | None = None
-        well_formed = []
-        for index, v in enumerate(versions):
+        merkle: MerkleRoot | None = MerkleRoot()
+        count = 0
+        for index, (v, _) in enumerate(entries(self.text, self.versions_at)):  # one entry at a time
+            count += 1
+            try:
+                if merkle is not None:
+                    merkle.add(v)
+            except (KeyError, TypeError, AttributeError):
+                merkle = None  # reported below as a malformed entry
             where = f"versions[{index}]"
             if not isinstance(v, dict) or not isinstance(v.get("document_id"), str) \
                     or not isinstance(v.get("version_id"), str):
@@ -215,7 +228,7 @@ class _Verifier:
                                        "sorted by (document_id, version_id)", "manifest")
             previous = key
             if v.get("missing"):
-                well_formed.append(v)
+                self.missing_versions.add(key)
                 continue
             if not _HEX64.fullmatch(str(v.get("sha256"))) or not isinstance(v.get("size"), int) \
                     or not isinstance(v.get("chunks"), int):
@@ -226,19 +239,11 @@ class _Verifier:
                 self.problem(MANIFEST, f"{where} ({version_name(key)}) is assigned to {v.get('part')!r}, which is "
                                        "not a listed content file", "manifest")
                 continue
-            well_formed.append(v)
-        for v in well_formed:
-            key = (v["document_id"], v["version_id"])
-            if v.get("missing"):
-                self.missing_versions.add(key)
-            else:
-                self.by_part.setdefault(v["part"], {})[key] = Expected(v["sha256"], v["size"], v["chunks"])
-        self.result.checked["versions"] = len(versions)
-        try:
-            root = merkle_root(versions)
-        except (KeyError, TypeError, AttributeError):
-            root = None  # already reported as malformed entries
-        del self.manifest["versions"], versions, well_formed  # ~1 KB a version as dicts: 100 MB at 100,000
+            self.expected.add(v["part"], key, Expected(v["sha256"], v["size"], v["chunks"]))
+        self.expected.finish()
+        self.text = ""
+        self.result.checked["versions"] = count
+        root = merkle.hexdigest() if merkle is not None else None
         if root is None:
             return
         if root != self.manifest.get("merkle_root"):
@@ -348,7 +353,7 @@ class _Verifier:
         """Where the manifest puts a version: its part, "missing", or None when it does not list it."""
         if key in self.missing_versions:
             return "missing"
-        return next((part for part, held in self.by_part.items() if key in held), None)
+        return self.expected.part_of(key)
 
     def full_pass(self, on_disk: list[tuple[dict[str, Any], str, int]]) -> None:
         """Every file read once, on two threads: hashed, footer and pages decrypted, content checked.
@@ -359,7 +364,7 @@ class _Verifier:
                 ThreadPoolExecutor(max_workers=2, thread_name_prefix="verify") as pool:
             checks = list(pool.map(lambda item: check_file(
                 Path(item[1]), item[2], item[0], self.private, archive_id,  # type: ignore[arg-type]
-                self.by_part.get(item[0]["path"], {}), self.placed, bar), on_disk))
+                self.expected.for_part(item[0]["path"]), self.placed, bar), on_disk))
         self.hashes(on_disk, [c.digest for c in checks])
         self.untracked()
         self.result.checked["footers"] = True

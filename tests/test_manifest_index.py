@@ -1,0 +1,71 @@
+"""The verifier reads manifest.json without a dict per version (decom/archive/manifest_index.py).
+It must read exactly what json.loads reads, and refuse exactly what json.loads refuses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from decom.archive.manifest_index import ExpectedIndex, entries, split_versions
+from decom.archive.verify_files import Expected
+
+V1 = {"document_id": "d1", "version_id": "v1", "sha256": "a" * 64, "size": 3, "chunks": 1,
+      "part": "content/part-000001.parquet"}
+V2 = {"document_id": "d2", "version_id": "v2", "missing": True}
+
+READABLE = [
+    json.dumps({"format": "decom-archive", "versions": [V1, V2], "counts": {"versions": 2}}),
+    json.dumps({"counts": {"versions": 2}, "versions": [V1, V2], "zeta": [1, {"versions": []}]}, indent=2),
+    '  {"versions" : [ ] , "a" : 1 }\n',
+    '{"versions": [{"document_id": "d\\"versions\\":[", "version_id": "x"}]}',
+    '{"versions": [1, 2], "versions": [3]}',            # duplicate key: the last counts, as in json.loads
+    '{"versions": [1, 2], "versions": "not a list"}',
+    '{"versions": "not a list", "versions": [4]}',
+    '{"versions": {"an": "object"}}',
+    '{"files": []}',
+    '{}',
+]
+
+
+@pytest.mark.parametrize("text", READABLE)
+def test_it_reads_what_json_loads_reads(text: str) -> None:
+    expected = json.loads(text)
+    top, at = split_versions(text)
+    if isinstance(expected.get("versions"), list):
+        assert at is not None and text[at] == "["
+        assert [item for item, _ in entries(text, at)] == expected.pop("versions")
+    else:
+        assert at is None
+    assert top == expected
+
+
+@pytest.mark.parametrize("text", ['{"versions": [1, 2}', '{"versions": [1 2]}', '{"a": 1} {"b": 2}', '{"a": 1,}',
+                                  '{"a" 1}', '{1: 2}', '', '{"versions": ['])
+def test_it_refuses_what_json_loads_refuses(text: str) -> None:
+    with pytest.raises(ValueError):
+        json.loads(text)
+    with pytest.raises(ValueError):
+        split_versions(text)
+
+
+@pytest.mark.parametrize("text", ['[{"versions": []}]', '"just a string"', "3"])
+def test_json_that_is_not_an_object_is_refused(text: str) -> None:
+    json.loads(text)
+    with pytest.raises(ValueError):
+        split_versions(text)
+
+
+def test_the_index_gives_each_part_its_versions_and_finds_where_a_version_is() -> None:
+    index = ExpectedIndex()
+    rows = [(f"content/part-{i % 3 + 1:06d}.parquet", (f"d{i}", f"v{i}"), Expected(f"{i:064x}", i, 1))
+            for i in range(20_000)]  # more than one flush of its columns
+    for part, key, expected in rows:
+        index.add(part, key, expected)
+    index.finish()
+    for n in (1, 2, 3):
+        part = f"content/part-{n:06d}.parquet"
+        assert index.for_part(part) == {key: expected for p, key, expected in rows if p == part}
+    assert index.for_part("content/part-000004.parquet") == {}
+    assert index.part_of(("d7", "v7")) == "content/part-000002.parquet"
+    assert index.part_of(("d7", "nope")) is None
