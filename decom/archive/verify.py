@@ -50,6 +50,7 @@ from decom.archive.manifest_index import ExpectedIndex, entries, split_versions
 from decom.archive.pme import ArchiveKeyError, open_encrypted
 from decom.archive.verify_files import Expected, check_file, footer_findings, version_name
 from decom.errors import UserError
+from decom.memory import release_free_memory
 from decom.progress import QUIET, Progress
 
 FORMAT_VERSION = 1
@@ -386,12 +387,14 @@ class _Verifier:
         raw = self.load()
         if raw is not None:
             self.signature(raw)
+        del raw  # ~250 bytes a version; the full pass that follows does not need it
         if not self.manifest:
             return self.result
         self.structure()
         self.version_list()
         on_disk = self.on_disk()
         if self.full and self.private is not None and self.key_problem() is None:
+            release_free_memory()  # the manifest's text, before two files are read at once
             self.full_pass(on_disk)
             return self.result
         self.hashes(on_disk, sha256_files([(file, size) for _, file, size in on_disk]))
