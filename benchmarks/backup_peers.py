@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -395,83 +395,105 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+Rounds = Iterator[None]  # one timed command per next(): `repeat` backup rounds, then `repeat` check rounds
+
+
 def repository_backup_and_check(made: Result, checked: Result, out: Path, log: Path, runs: int, timeout: float,
                                 work: Path, *, env: Callable[[int], dict[str, str]], init: Callable[[Path], list[str]],
                                 backup: Callable[[Path], list[str]], check: Callable[[Path], list[str]],
-                                name: str) -> None:
+                                name: str) -> Rounds:
     """A repository tool (borg, restic): `runs` backups, each into a new repository (a second backup into
-    the same one would only add what changed), then `runs` checks of the last repository."""
+    the same one would only add what changed), then `runs` checks of the last repository. Yields after
+    each round, timed or skipped after a failure, so that rounds stay aligned with the other commands."""
     last: tuple[Path, dict[str, str]] | None = None
+    failed = False
     for i in range(runs):
-        repo, environment = out / f"{name}-repo-{i}", env(i)
-        try:
-            helper(init(repo), log=log, timeout=120, env=environment)
-        except CommandFailed as exc:
-            made.error = f"{name} init: {exc}"
-            break
-        ok = attempt(made, backup(repo), repo, log=log, timeout=timeout, env=environment, cwd=work)
-        if last is not None:
+        if not failed:
+            repo, environment = out / f"{name}-repo-{i}", env(i)
+            try:
+                helper(init(repo), log=log, timeout=120, env=environment)
+                ok = attempt(made, backup(repo), repo, log=log, timeout=timeout, env=environment, cwd=work)
+            except CommandFailed as exc:
+                made.error, ok = f"{name} init: {exc}", False
+            if last is not None:
+                remove(last[0])
+            last, failed = ((repo, environment), False) if ok else (None, True)
+            if not ok:
+                remove(repo)
+        yield
+    for _ in range(runs):
+        if last is not None and not attempt(checked, check(last[0]), None, log=log, timeout=timeout, env=last[1]):
             remove(last[0])
-        last = (repo, environment) if ok else None
-        if not ok:
-            remove(repo)
-            break
+            last = None
+        yield
     if last is not None:
-        for _ in range(runs):
-            if not attempt(checked, check(last[0]), None, log=log, timeout=timeout, env=last[1]):
-                break
         remove(last[0])
 
 
 def run_peers(work: Path, logs: Path, pg_env: dict[str, str], database: str, timeout: float, repeat: int,
-              missing: list[str]) -> tuple[list[Result], list[Result]]:
+              missing: list[str]) -> tuple[list[Result], list[Result], list[Rounds]]:
     """The peers' backups and checks, each `repeat` times into fresh outputs (a second restic or borg
-    backup into the same repository would only add what changed)."""
+    backup into the same repository would only add what changed), as rounds for `interleave`."""
     out = work / "peers"
     out.mkdir()
     fc, fd, ceiling = Result("pg_dump -Fc"), Result("pg_dump -Fd -j2 -Z0"), Result(CEILING)
     copy = "\\copy (SELECT id, data FROM doc_blob) TO '{}' WITH (FORMAT binary)"
-    for _ in range(repeat):
-        ok = attempt(fc, ["pg_dump", "-Fc", "-f", str(out / "db.dump"), database], out / "db.dump",
-                     log=logs / "pg_dump-Fc.log", timeout=timeout, env=pg_env)
-        remove(out / "db.dump")
-        ok = attempt(fd, ["pg_dump", "-Fd", "-j2", "-Z0", "-f", str(out / "db.dir"), database], out / "db.dir",
-                     log=logs / "pg_dump-Fd.log", timeout=timeout, env=pg_env) and ok
-        remove(out / "db.dir")
-        target = str(out / "content.copy")
-        ok = attempt(ceiling, ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database, "-c",
-                               copy.format(target.replace("'", "''"))], out / "content.copy",
-                     log=logs / "psql-copy.log", timeout=timeout, env=pg_env,
-                     shown=f'psql -X -q -v ON_ERROR_STOP=1 -d {database} -c "{copy.format(target)}"') and ok
-        remove(out / "content.copy")
-        if not ok:
-            break
+    target = str(out / "content.copy")
+    dumps = [
+        (fc, ["pg_dump", "-Fc", "-f", str(out / "db.dump"), database], out / "db.dump", "pg_dump-Fc.log", None),
+        (fd, ["pg_dump", "-Fd", "-j2", "-Z0", "-f", str(out / "db.dir"), database], out / "db.dir",
+         "pg_dump-Fd.log", None),
+        (ceiling, ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database, "-c",
+                   copy.format(target.replace("'", "''"))], out / "content.copy", "psql-copy.log",
+         f'psql -X -q -v ON_ERROR_STOP=1 -d {database} -c "{copy.format(target)}"')]
 
+    def dump(result: Result, argv: list[str], output: Path, log: str, shown: str | None) -> Rounds:
+        for _ in range(repeat):
+            if result.error is None:
+                attempt(result, argv, output, log=logs / log, timeout=timeout, env=pg_env, shown=shown)
+                remove(output)
+            yield
+
+    rounds = [dump(*d) for d in dumps]
     passphrase, password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     create, check_borg = Result("borg create"), Result("borg check --verify-data")
     # Its own config, cache and security folders for each repository, never ~/.config/borg.
-    repository_backup_and_check(
+    rounds.append(repository_backup_and_check(
         create, check_borg, out, logs / "borg.log", 0 if "borgbackup" in missing else repeat, timeout, work,
         env=lambda i: {"BORG_PASSPHRASE": passphrase, "BORG_BASE_DIR": str(work / f"borg-{i}")},
         init=lambda repo: ["borg", "init", "--encryption=repokey-blake2", str(repo)],
         backup=lambda repo: ["borg", "create", "--compression", "lz4", f"{repo}::bench", "content"],
-        check=lambda repo: ["borg", "check", "--verify-data", str(repo)], name="borg")
+        check=lambda repo: ["borg", "check", "--verify-data", str(repo)], name="borg"))
     backup, check_restic = Result("restic backup"), Result("restic check --read-data")
-    repository_backup_and_check(
+    rounds.append(repository_backup_and_check(
         backup, check_restic, out, logs / "restic.log", 0 if "restic" in missing else repeat, timeout, work,
         env=lambda i: {"RESTIC_PASSWORD": password, "RESTIC_CACHE_DIR": str(work / f"restic-cache-{i}"),
                        "RESTIC_PROGRESS_FPS": "0.2"},
         init=lambda repo: ["restic", "-r", str(repo), "init"],
         backup=lambda repo: ["restic", "-r", str(repo), "backup", "content"],
-        check=lambda repo: ["restic", "-r", str(repo), "check", "--read-data"], name="restic")
+        check=lambda repo: ["restic", "-r", str(repo), "check", "--read-data"], name="restic"))
+    return [fc, fd, ceiling, create, backup], [check_restic, check_borg], rounds
 
+
+def interleave(rounds: list[Rounds], count: int) -> None:
+    """Run the commands round by round (each command once per round, in order), so that a machine that
+    is slower for a few minutes slows every command alike instead of a few: ratios stay comparable."""
+    for _ in range(count):
+        for one in rounds:
+            next(one, None)
+    for one in rounds:  # each one's clean-up after its last round
+        for _ in one:
+            pass
+
+
+def peer_errors(backups: list[Result], checks: list[Result], missing: list[str]) -> None:
+    create, backup, check_restic, check_borg = backups[3], backups[4], checks[0], checks[1]
     for result, package in ((create, "borgbackup"), (check_borg, "borgbackup"), (backup, "restic"),
                             (check_restic, "restic")):
         if package in missing:
             result.error = f"{package} is not installed"
         elif not result.runs and result.error is None:
             result.error = "its backup did not succeed"
-    return [fc, fd, ceiling, create, backup], [check_restic, check_borg]
 
 
 # --- decom -------------------------------------------------------------------------------------
@@ -508,10 +530,10 @@ verify_after = "none"   # verification is timed on its own below, as restic chec
 
 
 def run_decom(work: Path, logs: Path, pg_url: str, maria_url: str | None, timeout: float, repeat: int,
-              bulk: bool) -> tuple[list[Result], list[Result], str | None]:
+              bulk: bool) -> tuple[list[Result], list[Result], list[Rounds], str | None]:
     """decom backup of each source variant (each run with a fresh plan folder: new state, new archive),
-    then decom verify --full of the last archive. The third value is the decom error line when decom
-    could not run at all (e.g. a command that does not exist yet)."""
+    then decom verify --full of the last archive, as rounds for `interleave`. The fourth value is the
+    decom error line when decom could not run at all (e.g. a command that does not exist yet)."""
     keys = work / "keys"
     keys.mkdir()
     try:
@@ -520,10 +542,10 @@ def run_decom(work: Path, logs: Path, pg_url: str, maria_url: str | None, timeou
         helper(decom_argv("keys", "generate", "--kind", "signing", "--out", str(keys / "signing")),
                log=logs / "decom-keys.log", timeout=120)
     except CommandFailed as exc:
-        return [], [], f"`decom keys generate` failed, {exc}"
+        return [], [], [], f"`decom keys generate` failed, {exc}"
     for needed in ("auditor.key", "auditor.pub", "signing.key", "signing.pub"):
         if not (keys / needed).is_file():
-            return [], [], f"`decom keys generate` wrote no {keys / needed}"
+            return [], [], [], f"`decom keys generate` wrote no {keys / needed}"
 
     blob_content = 'kind = "blob"\nquery = "SELECT data FROM doc_blob WHERE id = :content_ref"'
     if bulk:  # the blobs of many versions per query (docs/generic-sql-adapter.md)
@@ -542,42 +564,51 @@ def run_decom(work: Path, logs: Path, pg_url: str, maria_url: str | None, timeou
                                         content_ref="v.id", content=blob_content), None))
     backups: list[Result] = []
     verifies: list[Result] = []
-    for label, name, url, mapping, root in variants:
-        backup, verify = Result(label), Result(label.replace("backup", "verify --full"))
-        backups.append(backup)
-        verifies.append(verify)
+
+    def variant(backup: Result, verify: Result, name: str, url: str, mapping: str, root: Path | None) -> Rounds:
         archive: Path | None = None
+        failed = False
         for i in range(repeat):
-            folder = work / f"{name}-{i + 1}"
-            plan = write_plan(folder, name, url, mapping, root, keys)
-            ok = attempt(backup, decom_argv("run", str(plan), "--stage", "backup"), None,
-                         log=logs / f"{name}.log", timeout=timeout,
-                         shown=f"decom run {plan.relative_to(work)} --stage backup")
+            if not failed:
+                folder = work / f"{name}-{i + 1}"
+                plan = write_plan(folder, name, url, mapping, root, keys)
+                ok = attempt(backup, decom_argv("run", str(plan), "--stage", "backup"), None,
+                             log=logs / f"{name}.log", timeout=timeout,
+                             shown=f"decom run {plan.relative_to(work)} --stage backup")
+                if archive is not None:
+                    remove(archive.parent.parent)  # the previous run's plan folder, archive and state
+                archive = None
+                found = [p for p in (folder / "archives").iterdir() if p.is_dir()] \
+                    if ok and (folder / "archives").is_dir() else []
+                if ok and len(found) != 1:
+                    backup.error = f"expected one archive folder under {folder / 'archives'}, found {len(found)}"
+                if ok and len(found) == 1:
+                    archive = found[0]
+                    backup.output_bytes = size_of(archive)
+                failed = archive is None
+            yield
+        for _ in range(repeat):
             if archive is not None:
-                remove(archive.parent.parent)  # the previous run's plan folder, archive and state
-            archive = None
-            if not ok:
-                break
-            found = [p for p in (folder / "archives").iterdir() if p.is_dir()] \
-                if (folder / "archives").is_dir() else []
-            if len(found) != 1:
-                backup.error = f"expected one archive folder under {folder / 'archives'}, found {len(found)}"
-                break
-            archive = found[0]
-            backup.output_bytes = size_of(archive)
-        for _ in range(repeat if archive is not None else 0):
-            assert archive is not None
-            argv = decom_argv("verify", str(archive), "--full", "--key-file", str(keys / "auditor.key"),
-                              "--signer-key", str(keys / "signing.pub"))
-            shown = (f"decom verify {archive.relative_to(work)} --full --key-file keys/auditor.key "
-                     "--signer-key keys/signing.pub")
-            if not attempt(verify, argv, None, log=logs / f"{name}-verify.log", timeout=timeout, shown=shown):
-                break
+                argv = decom_argv("verify", str(archive), "--full", "--key-file", str(keys / "auditor.key"),
+                                  "--signer-key", str(keys / "signing.pub"))
+                shown = (f"decom verify {archive.relative_to(work)} --full --key-file keys/auditor.key "
+                         "--signer-key keys/signing.pub")
+                if not attempt(verify, argv, None, log=logs / f"{name}-verify.log", timeout=timeout, shown=shown):
+                    remove(archive.parent.parent)
+                    archive = None
+            yield
         if archive is not None:
             remove(archive.parent.parent)
         if not verify.runs and verify.error is None:
             verify.error = "its backup did not succeed"
-    return backups, verifies, None
+
+    rounds: list[Rounds] = []
+    for label, name, url, mapping, root in variants:
+        backup, verify = Result(label), Result(label.replace("backup", "verify --full"))
+        backups.append(backup)
+        verifies.append(verify)
+        rounds.append(variant(backup, verify, name, url, mapping, root))
+    return backups, verifies, rounds, None
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -736,7 +767,7 @@ def main() -> None:
               f"{' and in MariaDB' if maria_params else ''}, built in {time.perf_counter() - started:.1f} s")
         print(f"work folder {work}; each command's output in {logs} (kept with --keep); "
               f"per-command timeout {timeout:.0f} s; "
-              "warm page cache (the source was just written), sync before every timed command")
+              "sync before every timed command")
         print(f"seconds: {'the median of ' + str(args.repeat) + ' runs' if args.repeat > 1 else 'one run'}; "
               "peak RSS: the highest, of the command and the children it reaped (not the PostgreSQL server), "
               f"floor of the measuring launcher {rss_floor(logs):.1f} MiB")
@@ -746,8 +777,9 @@ def main() -> None:
                                     (["pg_dump", "--version"], ["borg", "--version"], ["restic", "version"])))
         backups: list[Result] = []
         checks: list[Result] = []
+        rounds: list[Rounds] = []
         if not args.skip_peers:
-            backups, checks = run_peers(work, logs, pg_env, name, timeout, args.repeat, missing)
+            backups, checks, rounds = run_peers(work, logs, pg_env, name, timeout, args.repeat, missing)
         decom_backups: list[Result] = []
         decom_verifies: list[Result] = []
         decom_error = "--skip-decom" if args.skip_decom else None
@@ -755,8 +787,14 @@ def main() -> None:
             print("decom reads blob content with "
                   + ("one query per version (--per-version-query)" if args.per_version_query
                      else "[content] bulk_query (many versions per query)"))
-            decom_backups, decom_verifies, decom_error = run_decom(
+            decom_backups, decom_verifies, decom_rounds, decom_error = run_decom(
                 work, logs, pg_url, maria_url, timeout, args.repeat, bulk=not args.per_version_query)
+            rounds += decom_rounds
+        print(f"order: {args.repeat} round(s) of every backup in the order of the table, then "
+              f"{args.repeat} round(s) of every check")
+        interleave(rounds, 2 * args.repeat)
+        if not args.skip_peers:
+            peer_errors(backups, checks, missing)
 
         peers = [r for r in backups if r.label in PEERS and r.seconds]
         fastest = min(peers, key=lambda r: r.seconds or 0.0) if peers else None
