@@ -369,12 +369,31 @@ def tool_version(argv: list[str]) -> str:
     return (done.stdout or done.stderr).strip().splitlines()[0] if (done.stdout or done.stderr).strip() else "?"
 
 
+COLD = {"checks": False}  # --cold-checks: drop the page cache before every verification
+
+
+def drop_page_cache() -> None:
+    """Empty the kernel's page cache (root only), so the next command reads from the disk."""
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n", encoding="ascii")
+    except OSError as exc:
+        raise CommandFailed(f"--cold-checks needs root to write /proc/sys/vm/drop_caches ({exc.strerror})") from None
+
+
 def attempt(result: Result, argv: list[str], output: Path | None, *, log: Path, timeout: float,
-            env: dict[str, str] | None = None, cwd: Path | None = None, shown: str | None = None) -> bool:
+            env: dict[str, str] | None = None, cwd: Path | None = None, shown: str | None = None,
+            check: bool = False) -> bool:
     """One timed run of a command, added to `result` (seconds: the median of its runs, peak RSS: the
-    highest). False, with result.error set, if it failed."""
+    highest). False, with result.error set, if it failed. A `check` starts from an empty page cache
+    with --cold-checks."""
     result.command = shown or shlex.join(argv)
     os.sync()  # the previous command's dirty pages are not this one's to write
+    if check and COLD["checks"]:
+        try:
+            drop_page_cache()
+        except CommandFailed as exc:
+            result.error = str(exc)
+            return False
     try:
         seconds, peak = timed(argv, log=log, timeout=timeout, env=env, cwd=cwd)
     except CommandFailed as exc:
@@ -422,7 +441,8 @@ def repository_backup_and_check(made: Result, checked: Result, out: Path, log: P
                 remove(repo)
         yield
     for _ in range(runs):
-        if last is not None and not attempt(checked, check(last[0]), None, log=log, timeout=timeout, env=last[1]):
+        if last is not None and not attempt(checked, check(last[0]), None, log=log, timeout=timeout, env=last[1],
+                                            check=True):
             remove(last[0])
             last = None
         yield
@@ -593,7 +613,8 @@ def run_decom(work: Path, logs: Path, pg_url: str, maria_url: str | None, timeou
                                   "--signer-key", str(keys / "signing.pub"))
                 shown = (f"decom verify {archive.relative_to(work)} --full --key-file keys/auditor.key "
                          "--signer-key keys/signing.pub")
-                if not attempt(verify, argv, None, log=logs / f"{name}-verify.log", timeout=timeout, shown=shown):
+                if not attempt(verify, argv, None, log=logs / f"{name}-verify.log", timeout=timeout, shown=shown,
+                               check=True):
                     remove(archive.parent.parent)
                     archive = None
             yield
@@ -724,7 +745,10 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=30, help="the whole run stops after this")
     parser.add_argument("--workdir", type=Path, default=None, help="where the temporary folder goes")
     parser.add_argument("--keep", action="store_true", help="keep the scratch database(s) and the work folder")
+    parser.add_argument("--cold-checks", action="store_true",
+                        help="drop the page cache before every verification (as on an auditor's machine; needs root)")
     args = parser.parse_args()
+    COLD["checks"] = args.cold_checks
     if args.documents < 1 or args.kib < 1 or args.repeat < 1:
         parser.error("--documents, --kib and --repeat must be positive")
 
@@ -791,7 +815,8 @@ def main() -> None:
                 work, logs, pg_url, maria_url, timeout, args.repeat, bulk=not args.per_version_query)
             rounds += decom_rounds
         print(f"order: {args.repeat} round(s) of every backup in the order of the table, then "
-              f"{args.repeat} round(s) of every check")
+              f"{args.repeat} round(s) of every check"
+              + (", each check from an empty page cache (--cold-checks)" if args.cold_checks else ""))
         interleave(rounds, 2 * args.repeat)
         if not args.skip_peers:
             peer_errors(backups, checks, missing)
