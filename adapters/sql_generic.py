@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import threading
 import tomllib
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -123,6 +124,7 @@ class SqlGenericAdapter:
                                              f"{path}: [signature_content]", config.content_root)
         self.engine = create_source_engine(config.url)
         self._adbc: AdbcPool | None = None   # ADBC connections for bulk content reads (PostgreSQL)
+        self._adbc_lock = threading.Lock()    # the fetch threads of a part ask for the pool at once
 
     @staticmethod
     def _mapping_from_options(config: SourceConfig) -> Path:
@@ -422,9 +424,10 @@ class SqlGenericAdapter:
         return self._change(action, self._action_sql(action, "restore"), {**params, "before": before})
 
     def _adbc_pool(self, uri: str) -> AdbcPool:
-        if self._adbc is None:
-            self._adbc = AdbcPool(uri)
-        return self._adbc
+        with self._adbc_lock:  # one pool, or a second one's connections would never be closed
+            if self._adbc is None:
+                self._adbc = AdbcPool(uri)
+            return self._adbc
 
     def close(self) -> None:
         if self._adbc is not None:
