@@ -20,7 +20,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from decom.engine import StageContext, StagePlan, Step
 from decom.errors import UserError
@@ -146,8 +145,7 @@ def run(ctx: StageContext) -> Iterator[Step]:
         yield Step(f"data:{entity}", f"write {entity} to data/{entity}.parquet (encrypted)",
                    partial(_entity, entity=entity), {"entity": entity})
     if "versions" in entities:
-        parts = pq.read_table(ctx.state_dir / ctx.outputs["parts"]["file"])
-        total = int(pa.compute.sum(parts.column("size_bytes")).as_py() or 0)
+        total = int(pc.sum(content.parts_table(ctx).column("size_bytes")).as_py() or 0)
         with ctx.progress.bar(total, "backing up content", unit="B") as bar:
             ctx.cache["bar"] = bar
             for number in range(1, ctx.outputs["parts"]["parts"] + 1):

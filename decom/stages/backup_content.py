@@ -205,11 +205,17 @@ def _read_small(row: Mapping[str, Any], stream: BinaryIO) -> tuple[bytes | None,
     return data, None
 
 
-def _read_part(ctx: StageContext, number: int) -> ReadAhead[Piece]:
-    """Start reading part `number` on its own threads (also used to read the next part early)."""
+def parts_table(ctx: StageContext) -> pa.Table:
+    """The parts snapshot (every version, its size and its part), read once per stage."""
     if "parts" not in ctx.cache:
         ctx.cache["parts"] = pq.read_table(ctx.state_dir / ctx.outputs["parts"]["file"])
     parts: pa.Table = ctx.cache["parts"]
+    return parts
+
+
+def _read_part(ctx: StageContext, number: int) -> ReadAhead[Piece]:
+    """Start reading part `number` on its own threads (also used to read the next part early)."""
+    parts = parts_table(ctx)
     rows = parts.filter(pc.equal(parts.column("part"), number)).to_pylist()
     reader = read_ahead(_pieces(ctx, rows, f"content/part-{number:06d}.parquet"), PREFETCH, "content-reader")
     ctx.on_close.append(reader.close)  # a run that stops between parts leaves no reader behind
