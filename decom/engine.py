@@ -139,7 +139,7 @@ def stage_module(kind: str) -> StageModule | None:
         return None
     from decom import stages
 
-    found: StageModule | None = stages.module(kind)
+    found: StageModule = stages.module(kind)
     return found
 
 

@@ -1,8 +1,9 @@
 """The six stages of a decommission, one module each, in the order a plan runs them.
 
-inventory, access_audit, backup, handover, shutdown, final_checks. MODULES names the module of
-each kind this version implements; `module(kind)` imports only that one, so a run of one stage
-does not pay for loading the others (SSH, LDAP, reports: ~0.25 s of start-up).
+inventory, access_audit, backup, handover, shutdown, final_checks: the module decom.stages.<kind>
+implements each kind; which kinds this version has is decom.plan.AVAILABLE_STAGE_KINDS, checked by
+the engine. `module(kind)` imports only that one, so a run of one stage does not pay for loading
+the others (SSH, LDAP, reports: ~0.25 s of start-up).
 """
 
 from __future__ import annotations
@@ -10,11 +11,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-MODULES: dict[str, str] = {kind: f"decom.stages.{kind}" for kind in
-                           ("inventory", "access_audit", "backup", "handover", "shutdown", "final_checks")}
 
-
-def module(kind: str) -> ModuleType | None:
-    """The module implementing a stage kind, imported on first use; None for an unknown kind."""
-    name = MODULES.get(kind)
-    return importlib.import_module(name) if name is not None else None
+def module(kind: str) -> ModuleType:
+    """The module implementing an available stage kind, imported on first use."""
+    return importlib.import_module(f"decom.stages.{kind}")
