@@ -288,9 +288,9 @@ class SqlGenericAdapter:
                         max_bytes: int) -> Iterator[tuple[Sequence[Mapping[str, Any]], pa.Array]] | None:
         """With [content] bulk_query: the blobs of many versions per query, as Arrow binary arrays.
 
-        Batches hold about `max_bytes` of recorded size (at most 500 versions), all read over one
-        connection (ADBC for PostgreSQL: the bytes go from the wire into Arrow buffers untouched).
-        None without a bulk_query: the caller streams each version through open_many.
+        Batches hold about `max_bytes` of recorded size (at most 500 versions), a few queries in flight
+        on pooled connections (ADBC for PostgreSQL: the bytes go from the wire into Arrow buffers
+        untouched). None without a bulk_query: the caller streams each version through open_many.
         """
         if self.content.kind != "blob" or not self.content.bulk_query:
             return None

@@ -39,9 +39,9 @@ def tune_allocator() -> bool:
 
     The ADBC driver builds each fetched batch (8-16 MiB) in buffers it grows with realloc. With
     glibc's defaults those come from mmap and go back with munmap, so every byte fetched lands on a
-    page the kernel must find and zero again: about 1 s of CPU per GiB on our 2-core VMs (`minflt`
-    of a 983 MB backup: ~300,000 with the defaults, ~110,000 with these settings; system time
-    2.3 s -> 1.2 s). Two arenas keep the retained memory bounded (peak RSS unchanged, ~410 MiB).
+    page the kernel must find and zero again: about 1 s of CPU per GiB on our 2-core VMs (a 983 MB
+    backup, alternating runs: `minflt` 260,000-340,000 -> 107,000, system time 1.75-2.24 s ->
+    1.30-1.57 s, peak RSS 421-440 -> 382-403 MiB). More arenas kept more: 4 gave 452 MiB.
     """
     libc = _libc()
     if libc is None:
