@@ -53,6 +53,8 @@ def plan(plan_path: Path | str, *, state: Path | None = None, out: Path | None =
     from decom import engine
     from decom.fileio import write_json, write_text
     from decom.plan import load_plan
+    from decom.report.html import render_html
+    from decom.report.markdown import render_markdown, report_data
 
     loaded = load_plan(plan_path)
     state_dir = _state_dir(loaded, state)
@@ -65,9 +67,6 @@ def plan(plan_path: Path | str, *, state: Path | None = None, out: Path | None =
     header = {"name": spec.name, "owner": spec.owner, "ticket": spec.ticket, "file": str(loaded.path),
               "sha256": loaded.sha256, "source": loaded.source_url_redacted(),
               "generated_at": datetime.now(UTC).isoformat(timespec="seconds"), "warnings": warnings}
-    from decom.report.html import render_html  # report modules load only for `plan` (start-up time)
-    from decom.report.markdown import render_markdown, report_data
-
     data = report_data(header, planned)
     out_dir = out or state_dir / "reports"
     markdown_path, json_path = out_dir / "plan-report.md", out_dir / "plan-report.json"
