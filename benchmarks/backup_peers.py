@@ -420,12 +420,13 @@ Rounds = Iterator[None]  # one timed command per next(): `repeat` backup rounds,
 def repository_backup_and_check(made: Result, checked: Result, out: Path, log: Path, runs: int, timeout: float,
                                 work: Path, *, env: Callable[[int], dict[str, str]], init: Callable[[Path], list[str]],
                                 backup: Callable[[Path], list[str]], check: Callable[[Path], list[str]],
-                                name: str) -> Rounds:
+                                name: str, package: str, installed: bool) -> Rounds:
     """A repository tool (borg, restic): `runs` backups, each into a new repository (a second backup into
     the same one would only add what changed), then `runs` checks of the last repository. Yields after
-    each round, timed or skipped after a failure, so that rounds stay aligned with the other commands."""
+    each round, timed or skipped after a failure, so that rounds stay aligned with the other commands.
+    Without the Debian `package` (not `installed`) it runs nothing and says so in both results."""
     last: tuple[Path, dict[str, str]] | None = None
-    failed = False
+    failed = not installed
     for i in range(runs):
         if not failed:
             repo, environment = out / f"{name}-repo-{i}", env(i)
@@ -448,6 +449,11 @@ def repository_backup_and_check(made: Result, checked: Result, out: Path, log: P
         yield
     if last is not None:
         remove(last[0])
+    for result in (made, checked):
+        if not installed:
+            result.error = f"{package} is not installed"
+        elif not result.runs and result.error is None:
+            result.error = "its backup did not succeed"
 
 
 def run_peers(work: Path, logs: Path, pg_env: dict[str, str], database: str, timeout: float, repeat: int,
@@ -479,19 +485,21 @@ def run_peers(work: Path, logs: Path, pg_env: dict[str, str], database: str, tim
     create, check_borg = Result("borg create"), Result("borg check --verify-data")
     # Its own config, cache and security folders for each repository, never ~/.config/borg.
     rounds.append(repository_backup_and_check(
-        create, check_borg, out, logs / "borg.log", 0 if "borgbackup" in missing else repeat, timeout, work,
+        create, check_borg, out, logs / "borg.log", repeat, timeout, work,
         env=lambda i: {"BORG_PASSPHRASE": passphrase, "BORG_BASE_DIR": str(work / f"borg-{i}")},
         init=lambda repo: ["borg", "init", "--encryption=repokey-blake2", str(repo)],
         backup=lambda repo: ["borg", "create", "--compression", "lz4", f"{repo}::bench", "content"],
-        check=lambda repo: ["borg", "check", "--verify-data", str(repo)], name="borg"))
+        check=lambda repo: ["borg", "check", "--verify-data", str(repo)], name="borg",
+        package="borgbackup", installed="borgbackup" not in missing))
     backup, check_restic = Result("restic backup"), Result("restic check --read-data")
     rounds.append(repository_backup_and_check(
-        backup, check_restic, out, logs / "restic.log", 0 if "restic" in missing else repeat, timeout, work,
+        backup, check_restic, out, logs / "restic.log", repeat, timeout, work,
         env=lambda i: {"RESTIC_PASSWORD": password, "RESTIC_CACHE_DIR": str(work / f"restic-cache-{i}"),
                        "RESTIC_PROGRESS_FPS": "0.2"},
         init=lambda repo: ["restic", "-r", str(repo), "init"],
         backup=lambda repo: ["restic", "-r", str(repo), "backup", "content"],
-        check=lambda repo: ["restic", "-r", str(repo), "check", "--read-data"], name="restic"))
+        check=lambda repo: ["restic", "-r", str(repo), "check", "--read-data"], name="restic",
+        package="restic", installed="restic" not in missing))
     return [fc, fd, ceiling, create, backup], [check_restic, check_borg], rounds
 
 
@@ -504,16 +512,6 @@ def interleave(rounds: list[Rounds], count: int) -> None:
     for one in rounds:  # each one's clean-up after its last round
         for _ in one:
             pass
-
-
-def peer_errors(backups: list[Result], checks: list[Result], missing: list[str]) -> None:
-    create, backup, check_restic, check_borg = backups[3], backups[4], checks[0], checks[1]
-    for result, package in ((create, "borgbackup"), (check_borg, "borgbackup"), (backup, "restic"),
-                            (check_restic, "restic")):
-        if package in missing:
-            result.error = f"{package} is not installed"
-        elif not result.runs and result.error is None:
-            result.error = "its backup did not succeed"
 
 
 # --- decom -------------------------------------------------------------------------------------
@@ -818,8 +816,6 @@ def main() -> None:
               f"{args.repeat} round(s) of every check"
               + (", each check from an empty page cache (--cold-checks)" if args.cold_checks else ""))
         interleave(rounds, 2 * args.repeat)
-        if not args.skip_peers:
-            peer_errors(backups, checks, missing)
 
         peers = [r for r in backups if r.label in PEERS and r.seconds]
         fastest = min(peers, key=lambda r: r.seconds or 0.0) if peers else None
