@@ -251,7 +251,8 @@ def write_part(ctx: StageContext, number: int) -> dict[str, Any]:
     try:
         with encrypted_file(Path(opened["archive_dir"]), path, CONTENT_SCHEMA, recipients(ctx),
                             opened["archive_id"], compression="none", before_commit=lambda: ctx.crashpoint("inside"),
-                            proof_columns=["version_id", "chunk_index", "chunk_sha256"]) as (writer, done):
+                            proof_columns=["version_id", "chunk_index", "chunk_sha256"],
+                            statistics=[name for name in CONTENT_SCHEMA.names if name != "bytes"]) as (writer, done):
             for piece in pieces:
                 if piece.table is not None:
                     writer.write(piece.table, row_group_size=piece.table.num_rows)
