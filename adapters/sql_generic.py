@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from decom.adapter import Capability, SourceConfig
-from decom.arrow_sql import AdbcError, AdbcPool, adbc_uri, conform, read_adbc
+from decom.arrow_sql import AdbcError, AdbcPool, adbc_uri, conform
 from decom.coerce import CoercionError, to_arrow
 from decom.errors import UserError
 from decom.model import ENTITIES
@@ -123,7 +123,7 @@ class SqlGenericAdapter:
         self.signature_content = ContentRule(self.mapping.get("signature_content", {"kind": "path"}),
                                              f"{path}: [signature_content]", config.content_root)
         self.engine = create_source_engine(config.url)
-        self._adbc: AdbcPool | None = None   # ADBC connections for bulk content reads (PostgreSQL)
+        self._adbc: AdbcPool | None = None   # ADBC connections for entity and content reads (PostgreSQL)
         self._adbc_lock = threading.Lock()    # the fetch threads of a part ask for the pool at once
 
     @staticmethod
@@ -232,7 +232,7 @@ class SqlGenericAdapter:
     def _read_arrow(self, entity: str, uri: str, sql: str, batch_rows: int) -> Iterator[pa.RecordBatch]:
         schema = ENTITIES[entity].schema
         try:
-            columns, batches = read_adbc(uri, sql, batch_rows)
+            columns, batches = self._adbc_pool(uri).stream(sql, batch_rows)
             self._check_columns(entity, columns)
             for batch in batches:
                 try:

@@ -37,40 +37,14 @@ class AdbcError(Exception):
     """A driver error, with the driver's first message line."""
 
 
-def read_adbc(uri: str, sql: str, batch_rows: int) -> tuple[list[str], Iterator[pa.RecordBatch]]:
-    """(column names, batches) of a query through the ADBC PostgreSQL driver; connects eagerly."""
-    import adbc_driver_manager
-    import adbc_driver_postgresql.dbapi as pg
-
-    try:
-        conn = pg.connect(uri)
-        cursor = conn.cursor()
-        cursor.execute(sql)
-        reader = cursor.fetch_record_batch()
-    except adbc_driver_manager.Error as exc:
-        raise AdbcError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        try:
-            for batch in reader:
-                for start in range(0, batch.num_rows, batch_rows):
-                    yield batch.slice(start, batch_rows)
-        except adbc_driver_manager.Error as exc:
-            raise AdbcError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
-        finally:
-            cursor.close()
-            conn.close()
-
-    return [n.lower() for n in reader.schema.names], batches()
-
-
 def _first_line(exc: Exception) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 class AdbcPool:
     """ADBC connections kept open for many queries (a connection costs tens of milliseconds: the
-    driver reads the server's type catalogue). One connection serves one thread at a time."""
+    driver reads the server's type catalogue). One connection serves one thread at a time; the
+    entity reads, the parts snapshot and the content fetches of a run share the pool."""
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -113,11 +87,46 @@ class AdbcPool:
             healthy = False
             raise
         finally:
-            if healthy:
-                with self._lock:
-                    self._idle.append(conn)
-            else:
-                conn.close()
+            self._release(conn, healthy)
+
+    def stream(self, sql: str, batch_rows: int) -> tuple[list[str], Iterator[pa.RecordBatch]]:
+        """(column names, batches of at most `batch_rows`) of a query, streamed over COPY BINARY on a
+        pooled connection (taken now, so a connection error is raised here). The connection goes back
+        to the pool once every batch has been read, and is closed if the reading fails or stops early."""
+        import adbc_driver_manager
+
+        conn = self._connect()
+        try:
+            cursor = conn.cursor()
+            cursor.execute(sql)
+            reader = cursor.fetch_record_batch()
+        except BaseException as exc:
+            conn.close()
+            if isinstance(exc, adbc_driver_manager.Error):
+                raise AdbcError(_first_line(exc)) from None
+            raise
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            finished = False
+            try:
+                for batch in reader:
+                    for start in range(0, batch.num_rows, batch_rows):
+                        yield batch.slice(start, batch_rows)
+                finished = True
+            except adbc_driver_manager.Error as exc:
+                raise AdbcError(_first_line(exc)) from None
+            finally:
+                cursor.close()
+                self._release(conn, finished)
+
+        return [n.lower() for n in reader.schema.names], batches()
+
+    def _release(self, conn: Any, healthy: bool) -> None:
+        if healthy:
+            with self._lock:
+                self._idle.append(conn)
+        else:
+            conn.close()
 
     def close(self) -> None:
         with self._lock:
