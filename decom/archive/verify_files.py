@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from decom.archive.content_part import CHUNK, CONTENT_SCHEMA
 from decom.archive.filehash import read_whole, sha256_file
 from decom.archive.pme import ArchiveKeyError, open_encrypted
 
-CONTENT_COLUMNS = ["document_id", "version_id", "chunk_index", "offset", "bytes", "chunk_sha256"]
-MAX_CHUNK = 1 << 20
+CONTENT_COLUMNS = CONTENT_SCHEMA.names
 IN_MEMORY = 256 << 20   # larger files are hashed in one pass and decrypted in a second
 _PER_FILE = 10          # content problems reported per file before "and N more"
 _DATA_BATCH = 65_536    # rows per batch when decrypting a data file
@@ -165,7 +165,7 @@ class _Reader:
                 if index != state.chunks or offset != state.size:
                     self.problem(f"{version_name(key)}: chunk {index} at offset {offset} is out of place "
                                  f"(expected chunk {state.chunks} at offset {state.size})")
-                if len(data) > MAX_CHUNK:
+                if len(data) > CHUNK:
                     self.problem(f"{version_name(key)}: chunk {index} holds {len(data)} bytes, more than 1 MiB")
                 state.add(data, sha)
             self.advance(batch.num_rows)

@@ -17,13 +17,9 @@ from typing import Any, BinaryIO
 
 import pyarrow as pa
 
-CHUNK = 1 << 20
-ROW_GROUP_BYTES = 16 << 20
+from decom.archive.content_part import CHUNK, CONTENT_SCHEMA
 
-CONTENT_SCHEMA = pa.schema([
-    ("document_id", pa.string()), ("version_id", pa.string()), ("chunk_index", pa.int32()),
-    ("offset", pa.int64()), ("bytes", pa.binary()), ("chunk_sha256", pa.string()),
-])
+ROW_GROUP_BYTES = 16 << 20
 
 
 @dataclass

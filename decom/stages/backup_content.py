@@ -19,11 +19,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from decom.archive.content_part import CONTENT_SCHEMA
 from decom.engine import StageContext, StagePlan
 from decom.errors import UserError
 from decom.fileio import TMP_MARK, write_json
 from decom.read_ahead import ReadAhead, read_ahead
-from decom.stages.backup_chunks import CONTENT_SCHEMA, ROW_GROUP_BYTES, Piece, pieces_from_stream, pieces_from_values
+from decom.stages.backup_chunks import ROW_GROUP_BYTES, Piece, pieces_from_stream, pieces_from_values
 
 LIST_LIMIT = 100
 
