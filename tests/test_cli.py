@@ -324,3 +324,13 @@ def test_secrets_from_the_environment_never_reach_state_journal_or_reports(
     assert leaks == []
     journal = (tmp_path / "test-plan.state" / "journal.jsonl").read_text(encoding="utf-8")
     assert "postgres:***@" in journal
+
+
+def test_an_enabled_progress_bar_is_drawn_on_stderr_and_a_disabled_one_draws_nothing(capsys) -> None:  # type: ignore[no-untyped-def]
+    from decom.progress import Progress
+
+    for enabled in (True, False):
+        with Progress(enabled=enabled).bar(4 << 20, "backing up content", unit="B") as bar:
+            bar.update(2 << 20)
+        err = capsys.readouterr().err
+        assert ("backing up content" in err and "4.00M" in err) if enabled else err == ""
