@@ -26,7 +26,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from decom.adapter import Capability, SourceConfig
 from decom.arrow_sql import AdbcError, AdbcPool, adbc_uri, conform
 from decom.coerce import CoercionError, to_arrow
-from decom.errors import UserError
+from decom.errors import UserError, first_line
 from decom.model import ENTITIES
 
 _AGGREGATES = {"sum", "max", "min", "count"}
@@ -167,7 +167,7 @@ class SqlGenericAdapter:
             raise self._sql_error(entity, exc) from None
 
     def _sql_error(self, entity: str, exc: SQLAlchemyError) -> UserError:
-        detail = str(getattr(exc, "orig", exc)).splitlines()[0] if str(exc) else type(exc).__name__
+        detail = first_line(exc)
         if isinstance(exc, sa.exc.OperationalError) and "connect" in detail.lower():
             return UserError(f"cannot reach the source database {redact_url(self.config.url)}: {detail}")
         where = entity if entity.startswith("actions.") else f"entities.{entity}"
@@ -359,7 +359,7 @@ class SqlGenericAdapter:
                 done, future = pending.popleft()
                 yield done, future.result()
         except (SQLAlchemyError, AdbcError) as exc:
-            detail = str(getattr(exc, "orig", exc)).splitlines()[0]
+            detail = first_line(exc)
             raise UserError(f"{self.mapping_path}: [content] bulk_query failed on {redact_url(self.config.url)}: "
                             f"{detail}") from None
         finally:

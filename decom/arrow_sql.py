@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from sqlalchemy.engine import URL
 
 from decom.coerce import to_arrow
+from decom.errors import first_line
 
 
 def adbc_uri(url: URL) -> str | None:
@@ -35,10 +36,6 @@ def adbc_uri(url: URL) -> str | None:
 
 class AdbcError(Exception):
     """A driver error, with the driver's first message line."""
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 class AdbcPool:
@@ -61,7 +58,7 @@ class AdbcPool:
         try:
             return pg.connect(self.uri)
         except adbc_driver_manager.Error as exc:
-            raise AdbcError(_first_line(exc)) from None
+            raise AdbcError(first_line(exc)) from None
 
     @contextmanager
     def session(self) -> Iterator[Callable[[str], pa.Table]]:
@@ -79,7 +76,7 @@ class AdbcPool:
                     return cursor.fetch_arrow_table()
             except adbc_driver_manager.Error as exc:
                 healthy = False
-                raise AdbcError(_first_line(exc)) from None
+                raise AdbcError(first_line(exc)) from None
 
         try:
             yield query
@@ -103,7 +100,7 @@ class AdbcPool:
         except BaseException as exc:
             conn.close()
             if isinstance(exc, adbc_driver_manager.Error):
-                raise AdbcError(_first_line(exc)) from None
+                raise AdbcError(first_line(exc)) from None
             raise
 
         def batches() -> Iterator[pa.RecordBatch]:
@@ -114,7 +111,7 @@ class AdbcPool:
                         yield batch.slice(start, batch_rows)
                 finished = True
             except adbc_driver_manager.Error as exc:
-                raise AdbcError(_first_line(exc)) from None
+                raise AdbcError(first_line(exc)) from None
             finally:
                 cursor.close()
                 self._release(conn, finished)

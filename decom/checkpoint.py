@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from decom.errors import UserError
+from decom.errors import UserError, first_line
 
 metadata = sa.MetaData()
 
@@ -98,7 +98,7 @@ class CheckpointStore:
             metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
             raise UserError(f"checkpoint store {sa.engine.make_url(url).render_as_string(hide_password=True)}"
-                            f" cannot be opened: {str(getattr(exc, 'orig', exc)).splitlines()[0]}") from None
+                            f" cannot be opened: {first_line(exc)}") from None
 
     @classmethod
     def in_folder(cls, folder: Path) -> CheckpointStore:

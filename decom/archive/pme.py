@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from decom.archive import keys
 from decom.archive.sink import HashingSink
+from decom.errors import first_line
 from decom.fileio import atomic_path
 
 MASTER_KEY_ID = "decom-archive-v1"
@@ -109,8 +110,7 @@ def open_encrypted(file: Path | pa.NativeFile, private: X25519PrivateKey | None,
     except (OSError, pa.ArrowException) as exc:
         if kms.error is not None:
             raise kms.error from None
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ArchiveKeyError("corrupt", f"not a readable encrypted Parquet file ({detail})") from None
+        raise ArchiveKeyError("corrupt", f"not a readable encrypted Parquet file ({first_line(exc)})") from None
 
 
 def read_all(parquet: pq.ParquetFile, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
@@ -119,7 +119,7 @@ def read_all(parquet: pq.ParquetFile, columns: list[str] | None = None) -> Itera
         yield from parquet.iter_batches(columns=columns, batch_size=64)
     except (OSError, pa.ArrowException) as exc:
         raise ArchiveKeyError("corrupt", f"a page does not decrypt or fails its checksum "
-                                         f"({str(exc).splitlines()[0]})") from None
+                                         f"({first_line(exc)})") from None
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def test_decrypt(file: Path, check: X25519PrivateKey, archive_id: str, path: str
         for group in range(parquet.metadata.num_row_groups):
             rows += parquet.read_row_group(group, columns=columns).num_rows
     except (OSError, pa.ArrowException) as exc:
-        raise ArchiveKeyError("corrupt", f"{path}: test decrypt failed ({str(exc).splitlines()[0]})") from None
+        raise ArchiveKeyError("corrupt", f"{path}: test decrypt failed ({first_line(exc)})") from None
     return rows
 
 

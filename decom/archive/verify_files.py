@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from decom.archive.content_part import CHUNK, CONTENT_SCHEMA
 from decom.archive.filehash import read_whole, sha256_file
 from decom.archive.pme import ArchiveKeyError, open_encrypted
+from decom.errors import first_line
 
 CONTENT_COLUMNS = CONTENT_SCHEMA.names
 IN_MEMORY = 256 << 20   # larger files are hashed in one pass and decrypted in a second
@@ -130,7 +131,7 @@ class _Reader:
             yield from self.parquet.iter_batches(batch_size=size)
         except (OSError, pa.ArrowException) as exc:
             raise ArchiveKeyError("corrupt", f"a page does not decrypt or fails its checksum "
-                                             f"({str(exc).splitlines()[0]})") from None
+                                             f"({first_line(exc)})") from None
 
     def content(self, expected: dict[Key, Expected], placed: Callable[[Key], str | None]) -> None:
         assembled: dict[tuple[str, str], _Assembly] = {}

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from decom.demo import activity, records
 from decom.demo.schema import TABLE_NAMES, metadata
-from decom.errors import UserError
+from decom.errors import UserError, first_line
 
 BATCH_ROWS = 1000
 MIN_DOCUMENTS = 20
@@ -164,7 +164,7 @@ def build_demo(db_url: str, content_root: Path, spec: DemoSpec = DemoSpec(), *, 
                             conn.execute(metadata.tables[name].insert(), batch)
                             bar.update(len(batch))
             except SQLAlchemyError as exc:
-                raise UserError(f"could not write the demo into {where}: {_first_line(exc)}") from None
+                raise UserError(f"could not write the demo into {where}: {first_line(exc)}") from None
             _write_files(content_root, data.files, bar)
     finally:
         engine.dispose()
@@ -180,10 +180,6 @@ def _engine(db_url: str) -> Engine:
         raise UserError(f"database driver {exc.name!r} is not installed") from None
 
 
-def _first_line(exc: SQLAlchemyError) -> str:
-    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-
-
 def _refuse_existing_data(engine: Engine, where: str) -> None:
     try:
         with engine.connect() as conn:
@@ -192,7 +188,7 @@ def _refuse_existing_data(engine: Engine, where: str) -> None:
                       and conn.execute(sa.select(sa.literal(1)).select_from(metadata.tables[name]).limit(1))
                       .first() is not None]
     except SQLAlchemyError as exc:
-        raise UserError(f"cannot use the database {where}: {_first_line(exc)}") from None
+        raise UserError(f"cannot use the database {where}: {first_line(exc)}") from None
     if filled:
         raise UserError(f"{where} already holds demo tables with data ({', '.join(filled)}); "
                         "build the demo into an empty database")
