@@ -105,6 +105,11 @@ class Unwrapper(pe.KmsClient):  # type: ignore[misc]
             raise ValueError(self.failure) from None
 
 
+def detail(exc: Exception) -> str:
+    """The first non-blank line of an error's message, or its type name when it has none."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
 def open_file(file: Path, private: X25519PrivateKey, archive_id: str, path: str) -> pq.ParquetFile:
     client = Unwrapper(private, archive_id, path)
     factory = pe.CryptoFactory(lambda _config: client)
@@ -112,7 +117,7 @@ def open_file(file: Path, private: X25519PrivateKey, archive_id: str, path: str)
     try:
         return pq.ParquetFile(file, decryption_properties=properties, page_checksum_verification=True)
     except (OSError, ValueError, pa.ArrowException) as exc:  # pyarrow passes the client's ValueError through
-        raise RuntimeError(client.failure or f"footer does not decrypt ({str(exc).splitlines()[0]})") from None
+        raise RuntimeError(client.failure or f"footer does not decrypt ({detail(exc)})") from None
 
 
 # --- section 8: verifying ---------------------------------------------------------------------------------
@@ -248,7 +253,7 @@ class Check:
                     state[1] += len(data)
                     state[2] += 1
         except (OSError, pa.ArrowException) as exc:
-            self.fail(path, f"a page does not decrypt or fails its checksum ({str(exc).splitlines()[0]})")
+            self.fail(path, f"a page does not decrypt or fails its checksum ({detail(exc)})")
             return
         for key, want in expected.items():
             if want["sha256"] is None:
