@@ -25,8 +25,13 @@ FORMAT, FORMAT_VERSION = "decom-archive", 1
 
 
 def _leaf(version: dict[str, Any]) -> bytes:
-    value = "missing" if version.get("missing") else str(version["sha256"])
-    text = f"decom-leaf\x00{version['document_id']}\x00{version['version_id']}\x00{value}"
+    return leaf_of(version["document_id"], version["version_id"],
+                    None if version.get("missing") else str(version["sha256"]))
+
+
+def leaf_of(document_id: str, version_id: str, sha256: str | None) -> bytes:
+    """Section 7's leaf; `sha256` None for a version whose content is missing."""
+    text = f"decom-leaf\x00{document_id}\x00{version_id}\x00{'missing' if sha256 is None else sha256}"
     return hashlib.sha256(text.encode()).digest()
 
 
@@ -41,12 +46,35 @@ class MerkleRoot:
     equal-height subtrees as they complete, then the rest right to left, gives the same tree.
     """
 
+    SUBTREE = 1 << 13  # add_leaves reduces whole aligned runs of this many leaves level by level
+
     def __init__(self) -> None:
         self._stack: list[tuple[int, bytes]] = []   # (height, node), heights strictly decreasing
+        self._count = 0
 
     def add(self, version: dict[str, Any]) -> None:
         """Add the leaf of one manifest entry; KeyError/TypeError when it lacks what a leaf needs."""
-        node, height = _leaf(version), 0
+        self.add_leaves([_leaf(version)])
+
+    def add_leaves(self, leaves: list[bytes]) -> None:
+        """Add leaves (section 7's, in manifest order). A run of SUBTREE leaves starting at a multiple
+        of SUBTREE is a complete subtree of the final tree: it is reduced in one go, which is what
+        adding its leaves one by one would build."""
+        at = 0
+        while at < len(leaves):
+            if self._count % self.SUBTREE == 0 and len(leaves) - at >= self.SUBTREE:
+                level = leaves[at:at + self.SUBTREE]
+                while len(level) > 1:
+                    level = [_node(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+                self._push(level[0], self.SUBTREE.bit_length() - 1)
+                at += self.SUBTREE
+                self._count += self.SUBTREE
+            else:
+                self._push(leaves[at], 0)
+                at += 1
+                self._count += 1
+
+    def _push(self, node: bytes, height: int) -> None:
         while self._stack and self._stack[-1][0] == height:
             node, height = _node(self._stack.pop()[1], node), height + 1
         self._stack.append((height, node))
@@ -68,24 +96,32 @@ def merkle_root(versions: list[dict[str, Any]]) -> str:
     return root.hexdigest()
 
 
-def build_manifest(*, archive_id: str, run_id: str, plan_name: str, plan_sha256: str, created_at: str,
-                   source: str, freeze: dict[str, Any] | None, signer: Ed25519PublicKey, recipients: list[str],
-                   files: list[dict[str, Any]], versions: list[dict[str, Any]],
-                   counts: dict[str, int]) -> dict[str, Any]:
-    versions = sorted(versions, key=lambda v: (v["document_id"], v["version_id"]))
+def manifest_head(*, archive_id: str, run_id: str, plan_name: str, plan_sha256: str, created_at: str,
+                  source: str, freeze: dict[str, Any] | None, signer: Ed25519PublicKey, recipients: list[str],
+                  files: list[dict[str, Any]], counts: dict[str, int]) -> dict[str, Any]:
+    """Every key of a manifest but `versions` and `merkle_root` (section 4)."""
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "archive_id": archive_id, "run_id": run_id,
         "plan_name": plan_name, "plan_sha256": plan_sha256, "created_at": created_at, "source": source,
         "freeze": freeze,
         "signer": {"alg": "Ed25519", "public_key_pem": public_pem(signer), "fingerprint": fingerprint(signer)},
-        "recipients": recipients, "files": sorted(files, key=lambda f: f["seq"]), "versions": versions,
-        "merkle_root": merkle_root(versions), "counts": counts,
+        "recipients": recipients, "files": sorted(files, key=lambda f: f["seq"]), "counts": counts,
     }
+
+
+def build_manifest(*, versions: list[dict[str, Any]], **head: Any) -> dict[str, Any]:
+    """A whole manifest as one dict (the backup itself writes it from columns: manifest_versions.py)."""
+    versions = sorted(versions, key=lambda v: (v["document_id"], v["version_id"]))
+    return {**manifest_head(**head), "versions": versions, "merkle_root": merkle_root(versions)}
 
 
 def write_signed(archive_dir: Path, manifest: dict[str, Any], signing_key: Ed25519PrivateKey) -> str:
     """Write manifest.json then manifest.sig, each atomically; returns the manifest's SHA-256."""
-    data = canonical_json(manifest)
+    return write_signed_bytes(archive_dir, canonical_json(manifest), signing_key)
+
+
+def write_signed_bytes(archive_dir: Path, data: bytes | bytearray, signing_key: Ed25519PrivateKey) -> str:
+    """Write `data` (a manifest's canonical JSON) as manifest.json, then its manifest.sig."""
     signature = {"alg": "Ed25519", "fingerprint": fingerprint(signing_key.public_key()),
                  "signature": base64.b64encode(signing_key.sign(data)).decode()}
     with atomic_path(archive_dir / MANIFEST) as tmp:

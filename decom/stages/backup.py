@@ -9,7 +9,6 @@ done: a crash costs at most one file's work.
 
 from __future__ import annotations
 
-import json
 import uuid
 from array import array
 from collections.abc import Iterator
@@ -86,7 +85,8 @@ def _snapshot(ctx: StageContext) -> dict[str, Any]:
 
 
 def _manifest(ctx: StageContext) -> dict[str, Any]:
-    from decom.archive.manifest import build_manifest, write_signed
+    from decom.archive import manifest_versions
+    from decom.archive.manifest import manifest_head, write_signed_bytes
     from decom.memory import release_free_memory
 
     release_free_memory()  # what the content pipeline held, before every version is loaded
@@ -98,23 +98,25 @@ def _manifest(ctx: StageContext) -> dict[str, Any]:
               "rows": out["rows"], "size": out["size"], "sha256": out["sha256"]}
              for seq, (_, out) in enumerate(steps, start=1)]
     content.remove_untracked(archive, {f["path"] for f in files})
-    versions: list[dict[str, Any]] = []
-    for step, out in steps:
-        if step.startswith("content:"):
-            versions += json.loads((ctx.state_dir / out["file"]).read_text(encoding="utf-8"))["versions"]
+    parts = [manifest_versions.read_part_versions(ctx.state_dir / out["file"])
+             for step, out in steps if step.startswith("content:")]
+    versions = pa.concat_tables(parts) if parts else manifest_versions.SCHEMA.empty_table()
+    del parts
+    order = manifest_versions.sort_order(versions)
     signing_key = content.signing_key(ctx)
-    manifest = build_manifest(
+    head = manifest_head(
         archive_id=opened["archive_id"], run_id=ctx.run_id, plan_name=ctx.plan.spec.plan.name,
         plan_sha256=ctx.plan.sha256, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         source=ctx.plan.source_url_redacted(), freeze=content.freeze_point(ctx), signer=signing_key.public_key(),
-        recipients=opened["recipients"], files=files, versions=versions,
+        recipients=opened["recipients"], files=files,
         counts={out["entity"]: out["rows"] for step, out in steps if step.startswith("data:")})
-    digest = write_signed(archive, manifest, signing_key)
+    head["merkle_root"] = manifest_versions.merkle_root(versions, order)
+    digest = write_signed_bytes(archive, manifest_versions.render(head, versions, order), signing_key)
     record = ctx.stage_dir / "archive.json"
     summary = {"archive_id": opened["archive_id"], "archive_dir": str(archive), "manifest_sha256": digest,
-               "merkle_root": manifest["merkle_root"], "signer": manifest["signer"]["fingerprint"],
-               "signer_public_key_pem": manifest["signer"]["public_key_pem"], "files": len(files),
-               "versions": len(versions), "missing": sum(1 for v in versions if v.get("missing")),
+               "merkle_root": head["merkle_root"], "signer": head["signer"]["fingerprint"],
+               "signer_public_key_pem": head["signer"]["public_key_pem"], "files": len(files),
+               "versions": versions.num_rows, "missing": pc.sum(versions.column("missing")).as_py() or 0,
                "bytes": sum(f["size"] for f in files)}
     write_json(record, summary, lambda: ctx.crashpoint("inside"))
     return {"file": str(record.relative_to(ctx.state_dir)), **summary}
