@@ -10,6 +10,7 @@ its later steps from earlier results (e.g. one hashing step per batch of exporte
 from __future__ import annotations
 
 import fnmatch
+import gc
 import json
 import os
 import signal
@@ -217,6 +218,7 @@ class Runner:
                            run_id=self.run_id)
         self.store.set_stage(self.name, spec.name, "running")
         self.journal.append("stage_started", run_id=self.run_id, stage=spec.name, kind=spec.kind)
+        gc.freeze()  # what start-up made lives to the end: full collections need not walk it again
         try:
             for seq, step in enumerate(module.run(ctx)):
                 self.run_step(ctx, seq, step)
