@@ -343,7 +343,7 @@ def run_cli(argv: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    from decom.memory import tune_allocator
+    from decom.memory import own_process
 
-    tune_allocator()  # the process is ours: let malloc reuse what streaming frees (decom/memory.py)
+    own_process()  # malloc reuses what streaming frees; stages may freeze start-up objects (decom/memory.py)
     sys.exit(run_cli())

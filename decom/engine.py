@@ -10,7 +10,6 @@ its later steps from earlier results (e.g. one hashing step per batch of exporte
 from __future__ import annotations
 
 import fnmatch
-import gc
 import json
 import os
 import signal
@@ -27,6 +26,7 @@ from decom.checkpoint import CheckpointStore
 from decom.errors import IncompleteError, UserError
 from decom.findings import Finding
 from decom.journal import Journal, operator_name
+from decom.memory import freeze_startup_objects
 from decom.plan import AVAILABLE_STAGE_KINDS, LoadedPlan
 from decom.progress import Progress
 
@@ -218,7 +218,7 @@ class Runner:
                            run_id=self.run_id)
         self.store.set_stage(self.name, spec.name, "running")
         self.journal.append("stage_started", run_id=self.run_id, stage=spec.name, kind=spec.kind)
-        gc.freeze()  # what start-up made lives to the end: full collections need not walk it again
+        freeze_startup_objects()  # in the CLI's own process: full collections need not walk them again
         try:
             for seq, step in enumerate(module.run(ctx)):
                 self.run_step(ctx, seq, step)

@@ -50,6 +50,25 @@ def tune_allocator() -> bool:
                ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_ARENA_MAX, ARENA_MAX)))
 
 
+_PROCESS = {"owned": False}
+
+
+def own_process() -> None:
+    """The CLI owns its process (a library caller's process is not ours to tune): malloc is tuned,
+    and stages may freeze start-up objects for the garbage collector (freeze_startup_objects)."""
+    _PROCESS["owned"] = True
+    tune_allocator()
+
+
+def freeze_startup_objects() -> None:
+    """In a process decom owns, move every object alive now (imports, plan, adapter) out of the
+    garbage collector's reach: they live to the end, and each full collection walked them again
+    (a 983 MB backup: 0.118 -> 0.054 s in the collector, on the thread that feeds the writer).
+    Cycles made before this point are never collected; in a library caller's process it does nothing."""
+    if _PROCESS["owned"]:
+        gc.freeze()
+
+
 def release_free_memory() -> None:
     """Collect garbage, then ask Arrow's pool and glibc's malloc to return free memory (best effort)."""
     import pyarrow as pa

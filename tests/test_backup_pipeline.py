@@ -265,3 +265,15 @@ def test_allocator_tuning_applies_on_glibc_and_is_a_no_op_elsewhere() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     is_glibc = sys.platform.startswith("linux") and __import__("platform").libc_ver()[0] == "glibc"
     assert out == str(is_glibc)
+
+
+def test_start_up_objects_are_frozen_only_in_a_process_the_cli_owns() -> None:
+    """Freezing hides objects from the cycle collector for good: fine for the CLI's own process, not
+    for a program that calls decom as a library (its own cycles would never be collected)."""
+    import subprocess
+    import sys
+
+    code = ("import gc, decom.memory as m; m.freeze_startup_objects(); library = gc.get_freeze_count(); "
+            "m.own_process(); m.freeze_startup_objects(); print(library, gc.get_freeze_count() > 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "True"]
