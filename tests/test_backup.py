@@ -319,3 +319,29 @@ def test_backup_of_a_database_source_killed_inside_a_part_resumes_completely(
     ids = [v["version_id"] for v in manifest["versions"]]
     assert len(ids) == len(set(ids)) == facts.versions
     assert manifest["counts"]["documents"] == facts.documents
+
+
+def test_a_new_part_size_accepted_mid_backup_rewrites_every_part_of_the_new_split(demo, tmp_path: Path) -> None:
+    """The parts snapshot is taken again when part_mb changes; a part written under the old split
+    must not be kept under the new one (versions would be archived twice or not at all)."""
+    url, content, _ = demo
+    reference_dir, changed_dir = tmp_path / "reference", tmp_path / "changed"
+    reference_dir.mkdir()
+    changed_dir.mkdir()
+    api.run(backup_plan(reference_dir, url, content, part_mb=2))
+    plan = backup_plan(changed_dir, url, content, part_mb=1)
+    killed = subprocess.run([*decom_cmd(), "--quiet", "run", str(plan)], capture_output=True, text=True,
+                            env={**os.environ, "DECOM_TEST_CRASHPOINT": "content:000002@done"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    plan = backup_plan(changed_dir, url, content, part_mb=2)
+    resumed = subprocess.run([*decom_cmd(), "--quiet", "run", str(plan), "--accept-changed-plan"],
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    archive = archive_of(plan)
+    manifest, _ = read_manifest(archive)
+    assert len({f["path"] for f in manifest["files"]}) == len(manifest["files"])
+    assert run_cli(["--quiet", "verify", str(archive), "--full", "--key-file",
+                    str(changed_dir / "keys" / "auditor.key"), "--signer-key",
+                    str(changed_dir / "keys" / "signing.pub")]) == 0
+    assert decrypted(archive, changed_dir / "keys" / "auditor.key") == \
+        decrypted(archive_of(reference_dir / "backup-plan.toml"), reference_dir / "keys" / "auditor.key")

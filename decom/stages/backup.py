@@ -9,6 +9,7 @@ done: a crash costs at most one file's work.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from array import array
 from collections.abc import Iterator
@@ -81,7 +82,7 @@ def _snapshot(ctx: StageContext) -> dict[str, Any]:
     path = ctx.stage_dir / "parts.parquet"
     write_table(path, rows, lambda: ctx.crashpoint("inside"))
     return {"file": str(path.relative_to(ctx.state_dir)), "versions": rows.num_rows,
-            "parts": part if rows.num_rows else 0}
+            "parts": part if rows.num_rows else 0, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def _manifest(ctx: StageContext) -> dict[str, Any]:
@@ -139,9 +140,13 @@ def _verify(ctx: StageContext) -> dict[str, Any]:
 def run(ctx: StageContext) -> Iterator[Step]:
     yield Step("open", "create the archive folder and its id", _open)
     entities = ctx.adapter.entities()
+    split: dict[str, Any] = {}
     if "versions" in entities:
         yield Step("parts", "snapshot the versions and split their content into parts", _snapshot,
                    {"part_mb": ctx.stage_spec.part_mb})
+        # Content parts, manifest and verification belong to this split: a new one (another part_mb,
+        # accepted mid-backup) redoes them all, never keeps a part cut from the old one.
+        split = {"split": ctx.outputs["parts"].get("sha256")}
         content.read_first_part_early(ctx)  # its fetching and hashing overlap the entity files below
     for entity in entities:
         yield Step(f"data:{entity}", f"write {entity} to data/{entity}.parquet (encrypted)",
@@ -152,10 +157,10 @@ def run(ctx: StageContext) -> Iterator[Step]:
             ctx.cache["bar"] = bar
             for number in range(1, ctx.outputs["parts"]["parts"] + 1):
                 yield Step(f"content:{number:06d}", f"write content part {number} (encrypted)",
-                           partial(content.write_part, number=number), {"part": number})
-    yield Step("manifest", "write and sign the manifest", _manifest)
+                           partial(content.write_part, number=number), {"part": number, **split})
+    yield Step("manifest", "write and sign the manifest", _manifest, split)
     if ctx.stage_spec.verify_after != "none":
-        yield Step("verify", "verify the archive (signature, file hashes, Merkle root)", _verify)
+        yield Step("verify", "verify the archive (signature, file hashes, Merkle root)", _verify, split)
 
 
 def plan(ctx: StageContext) -> StagePlan:
