@@ -29,7 +29,7 @@ from benchmarks.verify_quick import build as build_many_file_archive
 from decom import api
 from decom.archive import pme
 from decom.archive.keys import canonical_json, fingerprint, generate, load_private, load_public
-from decom.archive.manifest import build_manifest, write_signed
+from decom.archive.manifest import build_manifest, merkle_root, write_signed
 from decom.archive.verify import verify_archive
 from decom.archive.verify_files import CONTENT_COLUMNS
 from decom.cli import run_cli
@@ -247,11 +247,23 @@ def untracked_file(archive: Path, b: Backups) -> Expect:
     return Expect("content/part-000003.parquet", ("untracked",), "untracked", "not listed in the manifest")
 
 
+def version_left_out_of_the_manifest(archive: Path, b: Backups) -> Expect:
+    """A writer that lost a version: the manifest, consistent in itself (Merkle root recomputed) and
+    signed with the archive's own key, lists one version fewer than data/versions.parquet holds."""
+    manifest = manifest_of(archive)
+    manifest["versions"] = [v for v in manifest["versions"] if v.get("missing")] + \
+        [v for v in manifest["versions"] if not v.get("missing")][1:]
+    manifest["versions"].sort(key=lambda v: (v["document_id"], v["version_id"]))
+    manifest["merkle_root"] = merkle_root(manifest["versions"])
+    write_signed(archive, manifest, load_private(b.signing_key, Ed25519PrivateKey))
+    return Expect("manifest.json", ("manifest",), "manifest", "data/versions.parquet holds")
+
+
 TAMPERS: dict[str, Callable[[Path, Backups], Expect]] = {f.__name__: f for f in (
     truncated, bit_flip_in_data_page, bit_flip_in_footer, bit_flip_in_manifest, manifest_damaged,
     manifest_not_an_object, manifest_reindented, manifest_edited,
     signed_by_another_key, swapped_with_another_archive, swapped_positions, older_file_put_back, file_deleted,
-    untracked_file)}
+    untracked_file, version_left_out_of_the_manifest)}
 
 
 # --- damage only full verification sees: parts rewritten and the manifest re-signed with the real key ---------

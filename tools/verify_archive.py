@@ -153,6 +153,10 @@ class Check:
         except (KeyError, TypeError):
             self.fail("manifest.json", "versions are malformed")
             return
+        table = [f for f in files if isinstance(f, dict) and f.get("path") == "data/versions.parquet"]
+        if table and table[0].get("rows") != len(versions):
+            self.fail("manifest.json", f"{len(versions)} versions listed, data/versions.parquet has "
+                                       f"{table[0].get('rows')} rows")
         if self.private is None:
             if self.full:
                 self.fail("-", "missing key: --full needs a recipient's private key (--key-file)")

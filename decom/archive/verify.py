@@ -80,6 +80,9 @@ class VerifyResult:
         return not self.problems
 
 
+VERSIONS_FILE = "data/versions.parquet"
+
+
 def check_signer(signer: Ed25519PublicKey | str) -> Ed25519PublicKey | str:
     """The trusted signer as given, or UserError for a fingerprint that is not `ed25519:<64 hex>`."""
     if isinstance(signer, Ed25519PublicKey):
@@ -244,6 +247,10 @@ class _Verifier:
         self.expected.finish()
         self.text = ""
         self.result.checked["versions"] = count
+        table = next((f for f in self.files if f.get("path") == VERSIONS_FILE), None)
+        if table is not None and table.get("rows") != count:
+            self.problem(MANIFEST, f"versions lists {count} version(s) but {VERSIONS_FILE} holds {table.get('rows')} "
+                                   "row(s): each version row must have exactly one entry", "manifest")
         root = merkle.hexdigest() if merkle is not None else None
         if root is None:
             return
