@@ -345,3 +345,35 @@ def test_a_new_part_size_accepted_mid_backup_rewrites_every_part_of_the_new_spli
                     str(changed_dir / "keys" / "signing.pub")]) == 0
     assert decrypted(archive, changed_dir / "keys" / "auditor.key") == \
         decrypted(archive_of(reference_dir / "backup-plan.toml"), reference_dir / "keys" / "auditor.key")
+
+
+def test_parts_and_row_groups_are_bounded_by_versions_as_well_as_bytes(demo, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many tiny versions must not pile into one part or one row group (memory grows per version):
+    with the limits lowered, a 1 MiB part holds at most 40 versions and a row group at most 16 files."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from decom.stages import backup, backup_content
+
+    monkeypatch.setattr(backup, "PART_VERSIONS", 40)
+    monkeypatch.setattr(backup_content, "PIECE_VERSIONS", 16)
+    url, content, facts = demo
+    plan = backup_plan(tmp_path, url, content, part_mb=1024)
+    api.run(plan)
+    archive = archive_of(plan)
+    manifest, _ = read_manifest(archive)
+    parts = [f for f in manifest["files"] if f["kind"] == "content"]
+    assert len(parts) == -(-facts.versions // 40)
+    per_part: dict[str, int] = {}
+    for v in manifest["versions"]:
+        if not v.get("missing"):
+            per_part[v["part"]] = per_part.get(v["part"], 0) + 1
+    assert max(per_part.values()) <= 40
+    key = load_private(tmp_path / "keys" / "auditor.key", X25519PrivateKey)
+    for entry in parts:
+        parquet = open_encrypted(archive / entry["path"], key, manifest["archive_id"], entry["path"])
+        files_per_group = [len(set(parquet.read_row_group(i, columns=["version_id"]).column(0).to_pylist()))
+                           for i in range(parquet.metadata.num_row_groups)]
+        assert files_per_group and max(files_per_group) <= 16, files_per_group
+    assert run_cli(["--quiet", "verify", str(archive), "--full", "--key-file", str(tmp_path / "keys" / "auditor.key"),
+                    "--signer-key", str(tmp_path / "keys" / "signing.pub")]) == 0

@@ -65,18 +65,23 @@ PARTS_SCHEMA = pa.schema([("version_id", pa.string()), ("document_id", pa.string
                           ("size_bytes", pa.int64()), ("part", pa.int32())])
 
 
+PART_VERSIONS = 50_000  # a part's step holds ~1 KB a version: tiny versions must not fill 64 MiB alone
+
+
 def _snapshot(ctx: StageContext) -> dict[str, Any]:
-    """Freeze the list of versions and their split into parts, so a resumed run cuts the same parts."""
+    """Freeze the list of versions and their split into parts (at most part_mb of recorded content
+    and PART_VERSIONS versions each), so a resumed run cuts the same parts."""
     limit = ctx.stage_spec.part_mb << 20
     listed = pa.schema(list(PARTS_SCHEMA)[:-1])
     versions = pa.Table.from_batches([batch.select(listed.names).cast(listed)
                                       for batch in ctx.adapter.read("versions")], schema=listed)
     numbers = array("i")
-    part, size_in_part = 1, 0
+    part, size_in_part, count_in_part = 1, 0, 0
     for size in pc.fill_null(versions.column("size_bytes"), 0).to_pylist():
-        if size_in_part and size_in_part + size > limit:
-            part, size_in_part = part + 1, 0
+        if count_in_part and (size_in_part + size > limit or count_in_part >= PART_VERSIONS):
+            part, size_in_part, count_in_part = part + 1, 0, 0
         size_in_part += size
+        count_in_part += 1
         numbers.append(part)
     rows = versions.append_column(PARTS_SCHEMA.field("part"), pa.array(numbers, pa.int32()))
     path = ctx.stage_dir / "parts.parquet"

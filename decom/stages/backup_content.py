@@ -126,6 +126,7 @@ PREFETCH = 2              # pieces (about one row group each) chunked and hashed
 EARLY_PREFETCH = 4        # for part 1 while the entity files are written: the default 64 MiB part
 FETCH_AHEAD = 1           # batches fetched from the source ahead of the hashing
 OPEN_AHEAD = 16           # small versions read ahead of the hashing (at most 16 x 4 MiB)
+PIECE_VERSIONS = 4096     # files per piece (row group) at most: tiny files would make 16 MiB hold ~100,000
 
 
 class _Rest:
@@ -162,7 +163,7 @@ def _pieces(ctx: StageContext, rows: list[dict[str, Any]], part: str) -> Iterato
     size = 0
     with read_ahead(_opened(ctx, rows), OPEN_AHEAD, "content-open") as opened:
         for row, data, large in opened:
-            if large is not None or size >= ROW_GROUP_BYTES:
+            if large is not None or size >= ROW_GROUP_BYTES or len(held) >= PIECE_VERSIONS:
                 if held:
                     yield from pieces_from_values(held, pa.array(values, pa.binary()), part)
                 held, values, size = [], [], 0
