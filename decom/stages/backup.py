@@ -95,6 +95,8 @@ def _manifest(ctx: StageContext) -> dict[str, Any]:
     from decom.archive.manifest import manifest_head, write_signed_bytes
     from decom.memory import release_free_memory
 
+    for done_with in ("parts", "inventory_hashes"):  # the content parts' lookups: ~100 bytes a version
+        ctx.cache.pop(done_with, None)
     release_free_memory()  # what the content pipeline held, before every version is loaded
 
     opened = ctx.outputs["open"]
