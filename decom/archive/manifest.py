@@ -22,6 +22,7 @@ from decom.fileio import atomic_path
 
 MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
 FORMAT, FORMAT_VERSION = "decom-archive", 1
+_UNREAD = object()  # signature_problem: the caller did not read the embedded signer key
 
 
 def _leaf(version: dict[str, Any]) -> bytes:
@@ -54,7 +55,8 @@ class MerkleRoot:
 
     def add(self, version: dict[str, Any]) -> None:
         """Add the leaf of one manifest entry; KeyError/TypeError when it lacks what a leaf needs."""
-        self.add_leaves([_leaf(version)])
+        self._push(_leaf(version), 0)
+        self._count += 1
 
     def add_leaves(self, leaves: list[bytes]) -> None:
         """Add leaves (section 7's, in manifest order). A run of SUBTREE leaves starting at a multiple
@@ -183,13 +185,17 @@ def detached_signature_problem(signature_file: Path, data: bytes, embedded_pem: 
     return None
 
 
-def signature_problem(archive_dir: Path, manifest_bytes: bytes, trusted: Ed25519PublicKey | str) -> str | None:
-    """None when manifest.sig signs these bytes with the trusted key (or fingerprint); else why not."""
-    embedded = None
-    if not isinstance(trusted, Ed25519PublicKey):  # only a fingerprint needs the key the manifest embeds
+def signature_problem(archive_dir: Path, manifest_bytes: bytes, trusted: Ed25519PublicKey | str,
+                      embedded: Any = _UNREAD) -> str | None:
+    """None when manifest.sig signs these bytes with the trusted key (or fingerprint); else why not.
+    `embedded`: the manifest's signer public_key_pem, when the caller has parsed the manifest already
+    (json.loads of the whole manifest would make a dict per version)."""
+    if isinstance(trusted, Ed25519PublicKey):
+        embedded = None
+    elif embedded is _UNREAD:  # only a fingerprint needs the key the manifest embeds
         try:
             embedded = json.loads(manifest_bytes)["signer"]["public_key_pem"]
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            pass
+            embedded = None
     return detached_signature_problem(archive_dir / SIGNATURE, manifest_bytes, embedded, trusted,
                                       owner="manifest", signed_file=MANIFEST)

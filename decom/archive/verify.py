@@ -120,6 +120,7 @@ class _Verifier:
     # --- the manifest and its signature --------------------------------------------------------------
 
     def load(self) -> bytes | None:
+        """manifest.json's bytes, or None (reported) when there is none."""
         if not self.archive.is_dir():
             raise UserError(f"{self.archive} is not a folder")
         if not (self.archive / MANIFEST).is_file():
@@ -128,7 +129,10 @@ class _Verifier:
                 raise UserError(f"{self.archive} is not a decom archive: it has no {MANIFEST}")
             self.problem(MANIFEST, "missing: the archive has no manifest, nothing in it can be trusted", "missing")
             return None
-        raw = (self.archive / MANIFEST).read_bytes()
+        return (self.archive / MANIFEST).read_bytes()
+
+    def parse(self, raw: bytes) -> None:
+        """Decode the manifest's top level; its versions are read later, one entry at a time."""
         try:
             text = raw.decode("utf-8")
             manifest, self.versions_at = split_versions(text)  # no dict per version (manifest_index.py)
@@ -139,16 +143,20 @@ class _Verifier:
             except (ValueError, UnicodeDecodeError):
                 why = "it is not valid JSON"
             self.problem(MANIFEST, f"damaged: {why} (altered or bit flip)", "manifest")
-            return raw
+            return
         if manifest.get("format") != FORMAT:
             self.problem(MANIFEST, "damaged: it is JSON but not a decom archive manifest (altered or bit flip)",
                          "manifest")
-            return raw
+            return
         self.manifest, self.text = manifest, text
-        return raw
 
     def signature(self, raw: bytes) -> None:
-        reason = signature_problem(self.archive, raw, self.signer)
+        if self.manifest:  # parsed already: its signer key, without a second parse of every version
+            signer = self.manifest.get("signer")
+            embedded = signer.get("public_key_pem") if isinstance(signer, dict) else None
+            reason = signature_problem(self.archive, raw, self.signer, embedded)
+        else:
+            reason = signature_problem(self.archive, raw, self.signer)
         if reason is None:
             return
         trusted = self.signer if isinstance(self.signer, str) else fingerprint(self.signer)
@@ -244,8 +252,8 @@ class _Verifier:
                                        "not a listed content file", "manifest")
                 continue
             self.expected.add(v["part"], key, Expected(v["sha256"], v["size"], v["chunks"]))
+        self.text = ""  # before the index is sorted: the text is as large as the index
         self.expected.finish()
-        self.text = ""
         self.result.checked["versions"] = count
         table = next((f for f in self.files if f.get("path") == VERSIONS_FILE), None)
         if table is not None and table.get("rows") != count:
@@ -391,10 +399,11 @@ class _Verifier:
         self.result.checked["content_bytes"] = content_bytes
 
     def run(self) -> VerifyResult:
-        raw = self.load()
-        if raw is not None:
-            self.signature(raw)
-        del raw  # ~250 bytes a version; the full pass that follows does not need it
+        held = [raw] if (raw := self.load()) is not None else []
+        del raw
+        if held:
+            self.parse(held[0])
+            self.signature(held.pop())  # then the bytes go: ~180 bytes a version, as much as the text
         if not self.manifest:
             return self.result
         self.structure()
