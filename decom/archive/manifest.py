@@ -133,18 +133,31 @@ def write_signed_bytes(archive_dir: Path, data: bytes | bytearray, signing_key: 
     return hashlib.sha256(data).hexdigest()
 
 
-def read_manifest(archive_dir: Path) -> tuple[dict[str, Any], bytes]:
+def manifest_bytes(archive_dir: Path) -> bytes:
     path = archive_dir / MANIFEST
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path} does not exist: {archive_dir} is not a decom archive") from None
+
+
+def not_a_manifest(path: Path, data: bytes) -> UserError:
+    """The error for bytes that do not parse as a manifest: not JSON at all, or JSON of another shape."""
+    try:
+        json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return UserError(f"{path} is not valid JSON")
+    return UserError(f"{path} is not a decom archive manifest")
+
+
+def read_manifest(archive_dir: Path) -> tuple[dict[str, Any], bytes]:
+    data = manifest_bytes(archive_dir)
     try:
         manifest = json.loads(data)
     except (ValueError, UnicodeDecodeError):
-        raise UserError(f"{path} is not valid JSON") from None
+        raise not_a_manifest(archive_dir / MANIFEST, data) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise UserError(f"{path} is not a decom archive manifest")
+        raise UserError(f"{archive_dir / MANIFEST} is not a decom archive manifest")
     return manifest, data
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from decom.archive.keys import fingerprint
-from decom.archive.manifest import SIGNATURE, read_manifest, signature_problem
+from decom.archive.manifest import FORMAT, MANIFEST, SIGNATURE, manifest_bytes, not_a_manifest, signature_problem
+from decom.archive.manifest_index import entries, split_versions
 from decom.archive.pme import ArchiveKeyError, open_encrypted, read_all
 from decom.archive.verify import check_signer
 from decom.errors import UserError
@@ -66,13 +67,29 @@ class _Target:
     chunks: int = 0
 
 
+def _read_manifest_head(archive: Path) -> tuple[dict[str, Any], str, int | None, bytes]:
+    """As read_manifest, without decoding the versions: (top level, text, where `versions` starts, bytes)."""
+    data = manifest_bytes(archive)
+    try:
+        text = data.decode("utf-8")
+        head, at = split_versions(text)
+    except (ValueError, UnicodeDecodeError):
+        raise not_a_manifest(archive / MANIFEST, data) from None
+    if head.get("format") != FORMAT:
+        raise UserError(f"{archive / MANIFEST} is not a decom archive manifest")
+    return head, text, at, data
+
+
 class _Archive:
     def __init__(self, archive: Path, private: X25519PrivateKey, signer: Ed25519PublicKey | str) -> None:
         self.dir = archive
         if not archive.is_dir():
             raise UserError(f"{archive} is not a folder")
-        self.manifest, raw = read_manifest(archive)
-        reason = signature_problem(archive, raw, check_signer(signer))
+        self.manifest, self._text, self._versions_at, raw = _read_manifest_head(archive)
+        signed_by = self.manifest.get("signer")
+        embedded = signed_by.get("public_key_pem") if isinstance(signed_by, dict) else None
+        reason = signature_problem(archive, raw, check_signer(signer), embedded)
+        del raw
         if reason is not None:
             raise ArchiveIntegrityError(f"refusing to restore from {archive}: {SIGNATURE}: {reason}")
         self.id = str(self.manifest.get("archive_id"))
@@ -83,6 +100,16 @@ class _Archive:
             raise UserError(f"wrong key: {mine} is not a recipient of {archive} "
                             f"(recipients: {', '.join(map(str, recipients))})")
         self.files = {f["path"]: f for f in self.manifest.get("files", []) if isinstance(f, dict)}
+
+    def versions(self) -> Iterator[dict[str, Any]]:
+        """The manifest's version entries, decoded one at a time (a dict each only while looked at)."""
+        if self._versions_at is not None:
+            for entry, _ in entries(self._text, self._versions_at):
+                if isinstance(entry, dict):
+                    yield entry
+
+    def forget_versions(self) -> None:
+        self._text, self._versions_at = "", None
 
     def open(self, path: str) -> pq.ParquetFile:
         """Open a listed file after checking its size and SHA-256 against the manifest."""
@@ -126,15 +153,25 @@ def _documents_of_cases(archive: _Archive, case_ids: list[str]) -> set[str]:
 
 def _choose(archive: _Archive, document_ids: list[str], case_ids: list[str], everything: bool
             ) -> list[dict[str, Any]]:
-    versions = [v for v in archive.manifest.get("versions", []) if isinstance(v, dict)]
+    """The manifest entries to restore. Only those are kept: the manifest of a large archive lists
+    millions of versions, and a dict each would take ~1 KB."""
     if everything:
-        return [v for v in versions if not v.get("missing")]
+        chosen = [v for v in archive.versions() if not v.get("missing")]
+        archive.forget_versions()
+        return chosen
     wanted = set(document_ids) | (_documents_of_cases(archive, case_ids) if case_ids else set())
-    known = {v["document_id"] for v in versions}
+    known: set[str] = set()
+    chosen = []
+    for version in archive.versions():
+        if version.get("document_id") in wanted:
+            known.add(version["document_id"])
+            if not version.get("missing"):
+                chosen.append(version)
+    archive.forget_versions()
     unknown = [d for d in document_ids if d not in known]
     if unknown:
         raise UserError(f"document(s) with no version in the archive: {', '.join(unknown[:10])}")
-    return [v for v in versions if v["document_id"] in wanted and not v.get("missing")]
+    return chosen
 
 
 def _targets(archive: _Archive, chosen: list[dict[str, Any]], to: Path) -> list[_Target]:
