@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from decom.archive.manifest_index import ExpectedIndex, entries, split_versions
 from decom.archive.verify_files import Expected
@@ -69,3 +71,34 @@ def test_the_index_gives_each_part_its_versions_and_finds_where_a_version_is() -
     assert index.for_part("content/part-000004.parquet") == {}
     assert index.part_of(("d7", "v7")) == "content/part-000002.parquet"
     assert index.part_of(("d7", "nope")) is None
+
+
+scalars = st.one_of(st.text(max_size=8), st.integers(-10**20, 10**20), st.booleans(), st.none(),
+                    st.floats(allow_nan=False, allow_infinity=True))
+objects = st.dictionaries(st.text(max_size=5), st.one_of(scalars, st.lists(scalars, max_size=2)), max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(items=st.lists(st.one_of(objects, scalars), max_size=6), spaced=st.booleans(), cut=st.integers(0, 10_000),
+       junk=st.sampled_from(["", ",", "]", "}", "{", '"', "\\", "\x01", " ", "0", "e", ":"]))
+def test_it_matches_json_loads_on_generated_and_damaged_manifests(items: list, spaced: bool, cut: int,
+                                                                   junk: str) -> None:
+    """Whatever the entries hold, and wherever a character is replaced or inserted, split_versions
+    accepts exactly what json.loads accepts and gives the same object (a damaged manifest is a
+    finding, never a wrong reading)."""
+    text = json.dumps({"a": 1, "versions": items, "z": [2]}, separators=(", ", ": ") if spaced else (",", ":"),
+                      ensure_ascii=False)
+    at = cut % (len(text) + 1)
+    for candidate in (text, text[:at] + junk + text[at + 1:], text[:at] + junk + text[at:]):
+        try:
+            expected = json.loads(candidate)
+        except ValueError:
+            with pytest.raises(ValueError):
+                split_versions(candidate)
+            continue
+        if not isinstance(expected, dict):
+            continue
+        top, start = split_versions(candidate)
+        if isinstance(expected.get("versions"), list):
+            assert start is not None and [item for item, _ in entries(candidate, start)] == expected.pop("versions")
+        assert top == expected
