@@ -28,7 +28,7 @@ from decom.archive.filehash import open_direct
 
 BLOCK = 4 << 20
 BUFFERS = 3
-SPARE = 2 * BUFFERS   # buffers kept for the next sinks (two may be open at once: a writer and a reader's)
+SPARE = 2 * BUFFERS   # buffers kept for the next sinks (room for two sinks open at once)
 
 _spare: list[mmap.mmap] = []
 _spare_lock = threading.Lock()
