@@ -214,11 +214,11 @@ class Runner:
         return done
 
     def run_stage(self, spec: Any, module: StageModule) -> None:
+        freeze_startup_objects()  # once, in the CLI's own process, before any stage's own objects exist
         ctx = StageContext(self.plan, spec.name, spec, self.state_dir, self.progress, journal=self.journal,
                            run_id=self.run_id)
         self.store.set_stage(self.name, spec.name, "running")
         self.journal.append("stage_started", run_id=self.run_id, stage=spec.name, kind=spec.kind)
-        freeze_startup_objects()  # in the CLI's own process: full collections need not walk them again
         try:
             for seq, step in enumerate(module.run(ctx)):
                 self.run_step(ctx, seq, step)

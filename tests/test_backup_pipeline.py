@@ -268,12 +268,15 @@ def test_allocator_tuning_applies_on_glibc_and_is_a_no_op_elsewhere() -> None:
 
 
 def test_start_up_objects_are_frozen_only_in_a_process_the_cli_owns() -> None:
-    """Freezing hides objects from the cycle collector for good: fine for the CLI's own process, not
-    for a program that calls decom as a library (its own cycles would never be collected)."""
+    """Freezing hides objects from the cycle collector for good: fine once for the CLI's start-up,
+    not for a program that calls decom as a library (its own cycles would never be collected), and
+    not again for a later stage (an earlier stage's cycles would stay)."""
     import subprocess
     import sys
 
     code = ("import gc, decom.memory as m; m.freeze_startup_objects(); library = gc.get_freeze_count(); "
-            "m.own_process(); m.freeze_startup_objects(); print(library, gc.get_freeze_count() > 0)")
+            "m.own_process(); m.freeze_startup_objects(); first = gc.get_freeze_count(); "
+            "later = [[i] for i in range(1000)]; m.freeze_startup_objects(); "
+            "print(library, first > 0, gc.get_freeze_count() == first)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["0", "True"]
+    assert out == ["0", "True", "True"], "frozen in a library's process, or a later stage's objects frozen too"
