@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ from decom.fileio import atomic_path
 
 MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
 FORMAT, FORMAT_VERSION = "decom-archive", 1
-_UNREAD = object()  # signature_problem: the caller did not read the embedded signer key
 
 
 def _leaf(version: dict[str, Any]) -> bytes:
@@ -199,16 +199,18 @@ def detached_signature_problem(signature_file: Path, data: bytes, embedded_pem: 
 
 
 def signature_problem(archive_dir: Path, manifest_bytes: bytes, trusted: Ed25519PublicKey | str,
-                      embedded: Any = _UNREAD) -> str | None:
+                      parsed: Mapping[str, Any] | None = None) -> str | None:
     """None when manifest.sig signs these bytes with the trusted key (or fingerprint); else why not.
-    `embedded`: the manifest's signer public_key_pem, when the caller has parsed the manifest already
-    (json.loads of the whole manifest would make a dict per version)."""
-    if isinstance(trusted, Ed25519PublicKey):
-        embedded = None
-    elif embedded is _UNREAD:  # only a fingerprint needs the key the manifest embeds
-        try:
-            embedded = json.loads(manifest_bytes)["signer"]["public_key_pem"]
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            embedded = None
+    A fingerprint needs the signer key the manifest embeds: taken from `parsed` (the manifest's top
+    level, when the caller has read it without its versions), else from json.loads of the bytes."""
+    embedded = None
+    if not isinstance(trusted, Ed25519PublicKey):
+        if parsed is None:
+            try:
+                parsed = json.loads(manifest_bytes)
+            except (ValueError, UnicodeDecodeError):
+                parsed = None
+        signer = parsed.get("signer") if isinstance(parsed, Mapping) else None
+        embedded = signer.get("public_key_pem") if isinstance(signer, Mapping) else None
     return detached_signature_problem(archive_dir / SIGNATURE, manifest_bytes, embedded, trusted,
                                       owner="manifest", signed_file=MANIFEST)

@@ -161,8 +161,9 @@ def test_decrypt(file: Path, check: X25519PrivateKey, archive_id: str, path: str
     try:
         if columns is not None:
             rows = parquet.read(columns=columns, use_threads=False).num_rows
-        for group in range(parquet.metadata.num_row_groups) if columns is None else ():
-            rows += parquet.read_row_group(group, use_threads=False).num_rows
+        else:
+            for group in range(parquet.metadata.num_row_groups):
+                rows += parquet.read_row_group(group, use_threads=False).num_rows
     except (OSError, pa.ArrowException) as exc:
         raise ArchiveKeyError("corrupt", f"{path}: test decrypt failed ({first_line(exc)})") from None
     return rows

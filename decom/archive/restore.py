@@ -86,9 +86,7 @@ class _Archive:
         if not archive.is_dir():
             raise UserError(f"{archive} is not a folder")
         self.manifest, self._text, self._versions_at, raw = _read_manifest_head(archive)
-        signed_by = self.manifest.get("signer")
-        embedded = signed_by.get("public_key_pem") if isinstance(signed_by, dict) else None
-        reason = signature_problem(archive, raw, check_signer(signer), embedded)
+        reason = signature_problem(archive, raw, check_signer(signer), self.manifest)
         del raw
         if reason is not None:
             raise ArchiveIntegrityError(f"refusing to restore from {archive}: {SIGNATURE}: {reason}")

@@ -151,12 +151,8 @@ class _Verifier:
         self.manifest, self.text = manifest, text
 
     def signature(self, raw: bytes) -> None:
-        if self.manifest:  # parsed already: its signer key, without a second parse of every version
-            signer = self.manifest.get("signer")
-            embedded = signer.get("public_key_pem") if isinstance(signer, dict) else None
-            reason = signature_problem(self.archive, raw, self.signer, embedded)
-        else:
-            reason = signature_problem(self.archive, raw, self.signer)
+        # the top level parsed already gives the signer key, without a second parse of every version
+        reason = signature_problem(self.archive, raw, self.signer, self.manifest or None)
         if reason is None:
             return
         trusted = self.signer if isinstance(self.signer, str) else fingerprint(self.signer)
