@@ -280,3 +280,33 @@ def test_start_up_objects_are_frozen_only_in_a_process_the_cli_owns() -> None:
             "print(library, first > 0, gc.get_freeze_count() == first)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["0", "True", "True"], "frozen in a library's process, or a later stage's objects frozen too"
+
+
+def test_a_version_is_reported_changed_only_against_the_latest_inventory_hash_of_it(tmp_path: Path) -> None:
+    """Two inventories ran (the later one re-hashed v1); the comparison works on Arrow columns now."""
+    from types import SimpleNamespace
+
+    import pyarrow.parquet as pq
+
+    from decom.stages.backup import PARTS_SCHEMA
+    from decom.stages.backup_content import _changed_since_inventory
+
+    ids = ["v1", "v2", "v3", "v4", "v5"]
+    pq.write_table(pa.table({"version_id": ids, "document_id": ids, "content_ref": ids, "size_bytes": [1] * 5,
+                             "part": [1, 1, 1, 1, 2]}, schema=PARTS_SCHEMA), tmp_path / "parts.parquet")
+    for stage, hashes in (("first", {"v1": "old", "v2": "h2", "v5": "h5"}), ("second", {"v1": "h1", "v3": ""})):
+        folder = tmp_path / "stages" / stage / "content"
+        folder.mkdir(parents=True)
+        pq.write_table(pa.table({"version_id": list(hashes), "sha256": list(hashes.values())}),
+                       folder / "part-00001.parquet")
+    stages = [SimpleNamespace(kind="inventory", name="first"), SimpleNamespace(kind="backup", name="backup"),
+              SimpleNamespace(kind="inventory", name="second")]
+    ctx = SimpleNamespace(cache={}, state_dir=tmp_path, outputs={"parts": {"file": "parts.parquet"}},
+                          plan=SimpleNamespace(spec=SimpleNamespace(stages=stages)))
+    written = [{"version_id": "v1", "sha256": "h1"},       # the later inventory's hash: unchanged
+               {"version_id": "v2", "sha256": "edited"},   # differs: reported
+               {"version_id": "v3", "sha256": "h3"},       # the inventory could not hash it: nothing to compare
+               {"version_id": "v4", "sha256": "h4"},       # not in any inventory
+               {"version_id": "v5", "missing": True}]      # missing now: no hash to compare
+    assert _changed_since_inventory(ctx, 1, written) == ["v2"]
+    assert _changed_since_inventory(ctx, 2, [{"version_id": "v5", "sha256": "other"}]) == ["v5"]

@@ -146,6 +146,8 @@ def _verify(ctx: StageContext) -> dict[str, Any]:
 
 
 def run(ctx: StageContext) -> Iterator[Step]:
+    from decom.memory import release_free_memory
+
     yield Step("open", "create the archive folder and its id", _open)
     entities = ctx.adapter.entities()
     split: dict[str, Any] = {}
@@ -155,6 +157,8 @@ def run(ctx: StageContext) -> Iterator[Step]:
         # Content parts, manifest and verification belong to this split: a new one (another part_mb,
         # accepted mid-backup) redoes them all, never keeps a part cut from the old one.
         split = {"split": ctx.outputs["parts"].get("sha256")}
+        content.inventory_hashes(ctx)  # before the content pipeline holds memory: reading it peaks
+        release_free_memory()
         content.read_first_part_early(ctx)  # its fetching and hashing overlap the entity files below
     for entity in entities:
         yield Step(f"data:{entity}", f"write {entity} to data/{entity}.parquet (encrypted)",
