@@ -77,7 +77,8 @@ class LegacyAdapter(Protocol):
         """
 
     def open_many(self, versions: Sequence[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], BinaryIO | None]]:
-        """(version, stream, or None when its content is missing) for many versions, in order."""
+        """(version, stream, or None when its content is missing) for many versions, in order. The
+        backup calls it from several threads at once, each call with its own versions."""
 
     def content_batches(self, versions: Sequence[Mapping[str, Any]],
                         max_bytes: int) -> Iterator[tuple[Sequence[Mapping[str, Any]], pa.Array]] | None:

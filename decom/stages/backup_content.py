@@ -10,7 +10,10 @@ from __future__ import annotations
 import io
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Generator, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -148,7 +151,9 @@ SMALL_VERSION = 4 << 20   # versions up to this size are read whole and batched;
 PREFETCH = 2              # pieces (about one row group each) chunked and hashed ahead of the writer
 EARLY_PREFETCH = 4        # for part 1 while the entity files are written: the default 64 MiB part
 FETCH_AHEAD = 1           # batches fetched from the source ahead of the hashing
-OPEN_AHEAD = 16           # small versions read ahead of the hashing (at most 16 x 4 MiB)
+OPEN_THREADS = 2          # batches of files opened and read at once (4 spent twice the system time: GIL hand-offs)
+OPEN_BATCH_BYTES = 1 << 20  # a batch holds about this much (recorded sizes), or OPEN_BATCH_VERSIONS versions
+OPEN_BATCH_VERSIONS = 256   # one hand-over between threads per file cost ~40 us of futex wake-ups and locks
 PIECE_VERSIONS = 4096     # files per piece (row group) at most: tiny files would make 16 MiB hold ~100,000
 
 
@@ -184,31 +189,83 @@ def _pieces(ctx: StageContext, rows: list[dict[str, Any]], part: str) -> Iterato
     held: list[Mapping[str, Any]] = []
     values: list[bytes | None] = []
     size = 0
-    with read_ahead(_opened(ctx, rows), OPEN_AHEAD, "content-open") as opened:
-        for row, data, large in opened:
-            if large is not None or size >= ROW_GROUP_BYTES or len(held) >= PIECE_VERSIONS:
-                if held:
-                    yield from pieces_from_values(held, pa.array(values, pa.binary()), part)
-                held, values, size = [], [], 0
-            if large is not None:
-                yield from pieces_from_stream(row, large, part)
-                continue
-            held.append(row)
-            values.append(data)
-            size += len(data or b"")
+    with closing(_opened(ctx, rows)) as opened:
+        for batch in opened:
+            for row, data, large in batch:
+                if large is not None or size >= ROW_GROUP_BYTES or len(held) >= PIECE_VERSIONS:
+                    if held:
+                        yield from pieces_from_values(held, pa.array(values, pa.binary()), part)
+                    held, values, size = [], [], 0
+                if large is not None:
+                    yield from pieces_from_stream(row, large, part)
+                    continue
+                held.append(row)
+                values.append(data)
+                size += len(data or b"")
     if held:
         yield from pieces_from_values(held, pa.array(values, pa.binary()), part)
 
 
-def _opened(ctx: StageContext, rows: list[dict[str, Any]]) -> Iterator[tuple[Mapping[str, Any], bytes | None,
-                                                                             BinaryIO | None]]:
-    """(version, its bytes, None) when small, (version, None, stream) when large, (version, None, None)
-    when missing; run on a thread of its own, so opening and reading files overlaps hashing."""
+Opened = tuple[Mapping[str, Any], bytes | None, BinaryIO | None]
+
+
+def _opened(ctx: StageContext, rows: list[dict[str, Any]]) -> Generator[list[Opened], None, None]:
+    """The versions of `rows` in order, in batches of (version, its bytes, None) when small, (version,
+    None, stream) when large, (version, None, None) when missing. Up to OPEN_THREADS + 1 batches are
+    opened and read at once, each by one call of the adapter's open_many on a thread of the pool,
+    so a cold disk answers several reads at a time and hashing overlaps them (20,000 files of
+    48 KiB from a cold page cache: `cat` read them in 2.9 s one at a time, 1.75 s four at a time).
+    Batches, not single files, cross between the threads: at 1,000,000 files of 1 KiB, handing each
+    over on its own kept the reading thread mostly in futex wake-ups (41 s of system time)."""
+    pending: deque[Future[list[Opened]]] = deque()
+    pool = ThreadPoolExecutor(max_workers=OPEN_THREADS, thread_name_prefix="content-open")
+    try:
+        for chunk in _cut(rows):
+            pending.append(pool.submit(_open_batch, ctx, chunk))
+            if len(pending) > OPEN_THREADS:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # stopped early or failed: close the streams of batches nobody will read
+        pool.shutdown(wait=True, cancel_futures=True)
+        for future in pending:
+            if not future.cancelled() and future.exception() is None:
+                for _, _, stream in future.result():
+                    if stream is not None:
+                        stream.close()
+
+
+def _cut(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """`rows` in runs of about OPEN_BATCH_BYTES of recorded size, at most OPEN_BATCH_VERSIONS each."""
+    start, size = 0, 0
+    for end, row in enumerate(rows):
+        if end > start and (size >= OPEN_BATCH_BYTES or end - start >= OPEN_BATCH_VERSIONS):
+            yield rows[start:end]
+            start, size = end, 0
+        size += int(row.get("size_bytes") or 0)
+    if start < len(rows):
+        yield rows[start:]
+
+
+def _open_batch(ctx: StageContext, rows: list[dict[str, Any]]) -> list[Opened]:
+    """One batch, read on a pool thread. Small versions are read whole; once the batch holds twice its
+    size (the recorded sizes were too small), the rest are handed over as streams, never held."""
+    batch: list[Opened] = []
+    held = 0
     for row, stream in ctx.adapter.open_many(rows):
-        try:
-            yield (row, *_read_small(row, stream)) if stream is not None else (row, None, None)
-        except FileNotFoundError:
-            yield row, None, None
+        if stream is None:
+            batch.append((row, None, None))
+        elif held >= 2 * OPEN_BATCH_BYTES:
+            batch.append((row, None, stream))
+        else:
+            try:
+                data, large = _read_small(row, stream)
+            except FileNotFoundError:
+                batch.append((row, None, None))
+                continue
+            batch.append((row, data, large))
+            held += len(data or b"")
+    return batch
 
 
 def _read_small(row: Mapping[str, Any], stream: BinaryIO) -> tuple[bytes | None, BinaryIO | None]:
