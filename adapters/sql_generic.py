@@ -314,6 +314,15 @@ class SqlGenericAdapter:
                 .select_from(sa.text(f"({self.content.bulk_query}) q"))
                 .where(sa.literal_column("q.content_ref").in_(values)))
 
+    def _bulk_text(self, refs: list[str]) -> str | None:
+        """_bulk_sql's text when every ref is an integer, written without SQLAlchemy's compiler, which
+        took ~1 ms a batch of 500 (2 s of the fetch threads' CPU at 1,000,000 versions). None otherwise:
+        other values are quoted by the compiler."""
+        if not all(r.isascii() and r.isdigit() for r in refs):
+            return None
+        values = ", ".join(str(int(r)) for r in refs)
+        return f"SELECT q.content_ref, q.data \nFROM ({self.content.bulk_query}) q \nWHERE q.content_ref IN ({values})"
+
     def _fetch_batch(self, batch: Sequence[Mapping[str, Any]], uri: str | None) -> pa.Array:
         """The blobs of one batch in its order (null where missing), over a pooled connection."""
         refs = [str(v["content_ref"]) for v in batch if v.get("content_ref")]
@@ -321,7 +330,8 @@ class SqlGenericAdapter:
             return pa.nulls(len(batch), pa.binary())
         query = self._bulk_sql(refs)
         if uri is not None:
-            sql = str(query.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
+            sql = self._bulk_text(refs) or str(query.compile(dialect=self.engine.dialect,
+                                                              compile_kwargs={"literal_binds": True}))
             with self._adbc_pool(uri).session() as run:
                 table = run(sql)
             found, data = table.column(0).to_pylist(), table.column(1)
