@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,29 @@ def test_restore_everything_through_the_cli(backups: Backups, demo: dict[str, An
     missing = {v for v, m in manifest_versions(backups.newer).items() if m.get("missing")}
     assert missing and missing == set(demo["versions"]) - set(demo["content"])
     assert f"{len(restored)} version(s) restored" in capsys.readouterr().out
+
+
+def test_restore_everything_within_the_usual_limit_of_open_files(backups: Backups, demo: dict[str, Any],
+                                                                  tmp_path: Path) -> None:
+    """A part holds thousands of versions. Restore kept each one's file open until its part was done
+    and failed with EMFILE under the common limit of 1,024 open files; now each closes at its last chunk."""
+    import resource
+
+    per_part: dict[str, int] = {}
+    for version in manifest_versions(backups.newer).values():
+        if not version.get("missing"):
+            per_part[version["part"]] = per_part.get(version["part"], 0) + 1
+    spare = 40  # descriptors left free: the old way needed one per version of a part
+    limit = len(os.listdir("/proc/self/fd")) + spare
+    assert max(per_part.values()) > 2 * spare, "a part must hold more versions than there are spare descriptors"
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    try:
+        paths = api.restore(backups.newer, to=tmp_path / "out", key_file=backups.recipient_key,
+                            signer_key=backups.signing_pub, everything=True)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert check_restored(paths, tmp_path / "out", backups.newer, demo) == set(demo["content"])
 
 
 def test_restore_never_overwrites(backups: Backups, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -115,10 +115,12 @@ def open_encrypted(file: Path | pa.NativeFile, private: X25519PrivateKey | None,
         raise ArchiveKeyError("corrupt", f"not a readable encrypted Parquet file ({first_line(exc)})") from None
 
 
-def read_all(parquet: pq.ParquetFile, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
-    """Every batch of a file, decrypting every page; damage surfaces as ArchiveKeyError('corrupt')."""
+def read_all(parquet: pq.ParquetFile, columns: list[str] | None = None,
+             batch_size: int = 64) -> Iterator[pa.RecordBatch]:
+    """Every batch of a file, decrypting every page; damage surfaces as ArchiveKeyError('corrupt').
+    64 rows suit content parts (up to 64 MiB of chunks); data files have small rows."""
     try:
-        yield from parquet.iter_batches(columns=columns, batch_size=64)
+        yield from parquet.iter_batches(columns=columns, batch_size=batch_size)
     except (OSError, pa.ArrowException) as exc:
         raise ArchiveKeyError("corrupt", f"a page does not decrypt or fails its checksum "
                                          f"({first_line(exc)})") from None
