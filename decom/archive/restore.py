@@ -14,7 +14,8 @@ import errno
 import hashlib
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,15 +57,24 @@ def safe_name(text: object, fallback: str) -> str:
     return name
 
 
-@dataclass
+@dataclass(slots=True)
 class _Target:
-    version: dict[str, Any]        # the manifest's entry
-    path: Path
-    tmp: Path | None = None
+    """One version to restore. `restore --all` holds one per version of the archive (1,000,000 and
+    more), so it keeps only what the manifest says of its content, and its hasher and file exist
+    only from its first chunk to its last."""
+
+    document_id: str
+    version_id: str
+    sha256: str                    # what the manifest says: hash, size in bytes, chunks
+    size: int
+    chunks: int
+    part: str
+    path: str
+    tmp: str | None = None
     handle: IO[bytes] | None = None
-    digest: Any = field(default_factory=hashlib.sha256)
-    size: int = 0
-    chunks: int = 0
+    digest: Any = None
+    written: int = 0               # what arrived so far: bytes and chunks
+    arrived: int = 0
     done: bool = False             # checked and given its final name
 
 
@@ -132,12 +142,10 @@ class _Archive:
                 raise UserError(f"{self.dir}: {path}: wrong key: {exc}") from None
             raise ArchiveIntegrityError(f"{self.dir}: {path}: {exc}") from None
 
-    def rows(self, entity: str, columns: list[str], key: str, values: set[str]) -> list[dict[str, Any]]:
-        """The rows of a data file whose `key` is one of `values`, streamed (the file is never held whole)."""
-        found: list[dict[str, Any]] = []
+    def rows(self, entity: str, columns: list[str], key: str, values: set[str]) -> Iterator[pa.RecordBatch]:
+        """The rows of a data file whose `key` is one of `values`, in batches (never the whole file)."""
         for batch in read_all(self.open(f"data/{entity}.parquet"), columns, batch_size=DATA_BATCH_ROWS):
-            found += _matching(batch, key, values).to_pylist()
-        return found
+            yield _matching(batch, key, values)
 
 
 def _matching(batch: pa.RecordBatch, key: str, values: set[str]) -> pa.RecordBatch:
@@ -148,20 +156,32 @@ def _matching(batch: pa.RecordBatch, key: str, values: set[str]) -> pa.RecordBat
 
 
 def _documents_of_cases(archive: _Archive, case_ids: list[str]) -> set[str]:
-    found = {r["case_id"]: r["document_id"] for r in archive.rows("cases", ["case_id", "document_id"], "case_id",
-                                                                  set(case_ids))}
+    found = {r["case_id"]: r["document_id"]
+             for batch in archive.rows("cases", ["case_id", "document_id"], "case_id", set(case_ids))
+             for r in batch.to_pylist()}
     unknown = [c for c in case_ids if c not in found]
     if unknown:
         raise UserError(f"case(s) not in the archive: {', '.join(unknown[:10])}")
     return {d for c in case_ids if (d := found[c]) is not None}
 
 
-def _choose(archive: _Archive, document_ids: list[str], case_ids: list[str], everything: bool
-            ) -> list[dict[str, Any]]:
-    """The manifest entries to restore. Only those are kept: the manifest of a large archive lists
-    millions of versions, and a dict each would take ~1 KB."""
+Chosen = tuple[str, str, str, int, int, str]  # document id, version id, SHA-256, size, chunks, part
+
+
+def _chosen(entry: dict[str, Any], parts: dict[str, str]) -> Chosen:
+    """What restoring needs of a manifest entry, as a tuple (a dict of six keys took ~1 KB a version);
+    the parts' names are shared, not one copy per version."""
+    part = str(entry.get("part"))
+    return (str(entry.get("document_id")), str(entry.get("version_id")), str(entry.get("sha256")),
+            int(entry.get("size") or 0), int(entry.get("chunks") or 0), parts.setdefault(part, part))
+
+
+def _choose(archive: _Archive, document_ids: list[str], case_ids: list[str], everything: bool) -> list[Chosen]:
+    """The manifest's versions to restore. Only those are kept: the manifest of a large archive lists
+    millions of versions."""
+    parts: dict[str, str] = {}
     if everything:
-        chosen = [v for v in archive.versions() if not v.get("missing")]
+        chosen = [_chosen(v, parts) for v in archive.versions() if not v.get("missing")]
         archive.forget_versions()
         return chosen
     wanted = set(document_ids) | (_documents_of_cases(archive, case_ids) if case_ids else set())
@@ -171,7 +191,7 @@ def _choose(archive: _Archive, document_ids: list[str], case_ids: list[str], eve
         if version.get("document_id") in wanted:
             known.add(version["document_id"])
             if not version.get("missing"):
-                chosen.append(version)
+                chosen.append(_chosen(version, parts))
     archive.forget_versions()
     unknown = [d for d in document_ids if d not in known]
     if unknown:
@@ -179,23 +199,31 @@ def _choose(archive: _Archive, document_ids: list[str], case_ids: list[str], eve
     return chosen
 
 
-def _targets(archive: _Archive, chosen: list[dict[str, Any]], to: Path) -> list[_Target]:
-    rows = archive.rows("versions", ["version_id", "document_id", "version_no", "file_name"], "version_id",
-                        {v["version_id"] for v in chosen})
-    names = {(r["document_id"], r["version_id"]): (r["version_no"], r["file_name"]) for r in rows}
+def _targets(archive: _Archive, chosen: list[Chosen], to: Path) -> list[_Target]:
+    """The chosen versions' targets, in the same order. Empties `chosen` as it goes (at 1,000,000
+    versions the list and the targets would otherwise both be held)."""
+    names: dict[tuple[str, str], tuple[Any, Any]] = {}
+    for batch in archive.rows("versions", ["version_id", "document_id", "version_no", "file_name"], "version_id",
+                              {c[1] for c in chosen}):
+        columns = [batch.column(name).to_pylist() for name in ("document_id", "version_id", "version_no", "file_name")]
+        names.update(((d, v), (n, f)) for d, v, n, f in zip(*columns, strict=True))
     targets: list[_Target] = []
-    used: set[Path] = set()
-    for version in chosen:
-        number, file_name = names.get((version["document_id"], version["version_id"]), (None, None))
-        folder = to / safe_name(version["document_id"], "document")
-        prefix = str(number) if number is not None else safe_name(version["version_id"], "version")
-        path = folder / safe_name(f"{prefix}-{safe_name(file_name, 'content')}", "content")
+    used: set[str] = set()
+    existing: list[str] = []
+    chosen.reverse()  # popped from the end, in the manifest's order
+    while chosen:
+        document_id, version_id, sha256, size, chunks, part = chosen.pop()
+        number, file_name = names.pop((document_id, version_id), (None, None))
+        folder = os.path.join(to, safe_name(document_id, "document"))
+        prefix = str(number) if number is not None else safe_name(version_id, "version")
+        path = os.path.join(folder, safe_name(f"{prefix}-{safe_name(file_name, 'content')}", "content"))
         if path in used:  # two versions with one number and name, or ids that clean up alike
-            path = folder / safe_name(f"{prefix}-{safe_name(version['version_id'], 'v')}-"
-                                      f"{safe_name(file_name, 'content')}", "content")
+            path = os.path.join(folder, safe_name(f"{prefix}-{safe_name(version_id, 'v')}-"
+                                                  f"{safe_name(file_name, 'content')}", "content"))
         used.add(path)
-        targets.append(_Target(version, path))
-    existing = [t.path for t in targets if t.path.exists() or t.path.is_symlink()]
+        if os.path.lexists(path):
+            existing.append(path)
+        targets.append(_Target(document_id, version_id, sha256, size, chunks, part, path))
     if existing:
         raise UserError(f"{existing[0]} already exists" + (f" (and {len(existing) - 1} more)" if len(existing) > 1
                                                            else "") + "; restore never overwrites: choose another --to")
@@ -212,25 +240,28 @@ def _publish(target: _Target) -> None:
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise
-        if target.path.exists():  # a filesystem without hard links: check, then rename
+        if os.path.lexists(target.path):  # a filesystem without hard links: check, then rename
             raise UserError(f"{target.path} appeared while restoring; restore never overwrites") from None
         os.rename(target.tmp, target.path)
     else:
-        target.tmp.unlink()
-    fsync_dir(target.path.parent)
+        os.unlink(target.tmp)
+    target.tmp = None
+    fsync_dir(Path(target.path).parent)
 
 
 def _start(target: _Target) -> IO[bytes]:
-    target.path.parent.mkdir(parents=True, exist_ok=True)
-    target.tmp = target.path.with_name(f".{target.path.name[:NAME_BYTES - 30]}{_TMP}{os.getpid()}")
-    target.tmp.unlink(missing_ok=True)
-    target.handle = os.fdopen(os.open(target.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+    path = Path(target.path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name[:NAME_BYTES - 30]}{_TMP}{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    target.tmp = str(tmp)
+    target.handle = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+    target.digest = hashlib.sha256()
     return target.handle
 
 
 def _finish(archive: _Archive, part: str, target: _Target) -> None:
-    version = target.version
-    label = f"{part}: version {version['version_id']} of document {version['document_id']}"
+    label = f"{part}: version {target.version_id} of document {target.document_id}"
     if target.handle is None:
         raise ArchiveIntegrityError(f"{archive.dir}: {label} is not in its part")
     target.handle.flush()
@@ -238,38 +269,39 @@ def _finish(archive: _Archive, part: str, target: _Target) -> None:
     target.handle.close()
     target.handle = None
     got = target.digest.hexdigest()
-    if got != version["sha256"] or target.size != version["size"] or target.chunks != version["chunks"]:
-        raise ArchiveIntegrityError(f"{archive.dir}: {label}: restored {target.size} bytes with SHA-256 {got} in "
-                                    f"{target.chunks} chunk(s); the manifest says {version['size']} bytes, "
-                                    f"{version['sha256']}, {version['chunks']} chunk(s)")
+    target.digest = None
+    if got != target.sha256 or target.written != target.size or target.arrived != target.chunks:
+        raise ArchiveIntegrityError(f"{archive.dir}: {label}: restored {target.written} bytes with SHA-256 {got} in "
+                                    f"{target.arrived} chunk(s); the manifest says {target.size} bytes, "
+                                    f"{target.sha256}, {target.chunks} chunk(s)")
     _publish(target)
     target.done = True
 
 
 def _restore_part(archive: _Archive, part: str, targets: list[_Target], bar: Any) -> None:
-    by_key = {(t.version["document_id"], t.version["version_id"]): t for t in targets}
-    wanted = {k[1] for k in by_key}
+    by_key = {(t.document_id, t.version_id): t for t in targets}
+    wanted = {t.version_id for t in targets}
     for batch in read_all(archive.open(part)):
         for row in _matching(batch, "version_id", wanted).to_pylist():
             target = by_key.get((row["document_id"], row["version_id"]))
             if target is None:
                 continue
             data = row["bytes"] or b""
-            if row["chunk_index"] != target.chunks or row["offset"] != target.size \
+            if row["chunk_index"] != target.arrived or row["offset"] != target.written \
                     or hashlib.sha256(data).hexdigest() != row["chunk_sha256"]:
                 raise ArchiveIntegrityError(f"{archive.dir}: {part}: chunk {row['chunk_index']} of version "
                                             f"{row['version_id']} is damaged or out of place")
             if target.done:
                 raise ArchiveIntegrityError(f"{archive.dir}: {part}: version {row['version_id']} has more chunks "
-                                            f"than the manifest's {target.version['chunks']}")
+                                            f"than the manifest's {target.chunks}")
             handle = target.handle or _start(target)
             handle.write(data)
             target.digest.update(data)
-            target.size += len(data)
-            target.chunks += 1
+            target.written += len(data)
+            target.arrived += 1
             bar.update(len(data))
-            if target.chunks == target.version["chunks"]:  # its last chunk: close it now, not at the
-                _finish(archive, part, target)             # part's end (50,000 files open: EMFILE)
+            if target.arrived == target.chunks:  # its last chunk: close it now, not at the
+                _finish(archive, part, target)   # part's end (50,000 files open: EMFILE)
     for target in targets:
         if not target.done:
             _finish(archive, part, target)
@@ -289,9 +321,9 @@ def restore(archive_dir: Path | str, *, private_key: X25519PrivateKey, signer: E
     targets = _targets(archive, _choose(archive, documents, cases, everything), Path(to))
     by_part: dict[str, list[_Target]] = {}
     for target in targets:
-        by_part.setdefault(str(target.version.get("part")), []).append(target)
+        by_part.setdefault(target.part, []).append(target)
     try:
-        with progress.bar(sum(t.version["size"] for t in targets), "restoring", unit="B") as bar:
+        with progress.bar(sum(t.size for t in targets), "restoring", unit="B") as bar:
             for part in sorted(by_part):
                 _restore_part(archive, part, by_part[part], bar)
     finally:
@@ -299,5 +331,6 @@ def restore(archive_dir: Path | str, *, private_key: X25519PrivateKey, signer: E
             if target.handle is not None:
                 target.handle.close()
             if target.tmp is not None:
-                target.tmp.unlink(missing_ok=True)
-    return [t.path for t in targets]
+                with suppress(FileNotFoundError):
+                    os.unlink(target.tmp)
+    return [Path(t.path) for t in targets]
