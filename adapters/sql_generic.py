@@ -122,9 +122,23 @@ class SqlGenericAdapter:
                                    config.content_root)
         self.signature_content = ContentRule(self.mapping.get("signature_content", {"kind": "path"}),
                                              f"{path}: [signature_content]", config.content_root)
-        self.engine = create_source_engine(config.url)
+        try:
+            self.url = make_url(config.url)
+        except ArgumentError as exc:
+            raise UserError(f"database URL {redact_url(config.url)} is not valid: {exc}") from None
+        # The SQLAlchemy engine is made on first use: making it imports the dialect's driver
+        # (psycopg: ~0.13 s), which a PostgreSQL backup reading through ADBC never uses.
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
         self._adbc: AdbcPool | None = None   # ADBC connections for entity and content reads (PostgreSQL)
         self._adbc_lock = threading.Lock()    # the fetch threads of a part ask for the pool at once
+
+    @property
+    def engine(self) -> Engine:
+        with self._engine_lock:  # content fetch threads may ask at once
+            if self._engine is None:
+                self._engine = create_source_engine(self.config.url)
+            return self._engine
 
     @staticmethod
     def _mapping_from_options(config: SourceConfig) -> Path:
@@ -215,7 +229,7 @@ class SqlGenericAdapter:
         spec = ENTITIES[entity]
         order = ", ".join(f"q.{k}" for k in spec.key)
         sql = f"SELECT * FROM ({self._query(entity)}) q ORDER BY {order}"
-        uri = adbc_uri(self.engine.url)
+        uri = adbc_uri(self.url)
         if uri is not None:
             yield from self._read_arrow(entity, uri, sql, max(batch_rows, 65_536))
             return
@@ -353,7 +367,7 @@ class SqlGenericAdapter:
         waits on the server's round trips (MariaDB through pymysql, 48 KiB blobs, alone: ~180 MB/s on
         one connection, ~250 MB/s on two, ~310 MB/s on three). In the backup, four queries of 8 MiB
         took 6.1-7.8 s for 983 MB at ~370-450 MiB peak, two of 16 MiB 8.6-8.9 s at 450-490 MiB."""
-        uri = adbc_uri(self.engine.url)
+        uri = adbc_uri(self.url)
         kind = "arrow" if uri is not None else "rows"
         fetchers = FETCHERS[kind]
         batches = list(self._batches_by_size(versions, max_bytes // BATCH_SHARE[kind]))
@@ -443,4 +457,5 @@ class SqlGenericAdapter:
         if self._adbc is not None:
             self._adbc.close()
             self._adbc = None
-        self.engine.dispose()
+        if self._engine is not None:
+            self._engine.dispose()
