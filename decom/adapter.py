@@ -90,6 +90,10 @@ class LegacyAdapter(Protocol):
         version through open_many.
         """
 
+    def warm_up(self) -> None:
+        """Optional (looked up with getattr): called as a backup starts, returns at once, and opens in
+        the background what the content reads will need (connections); close() closes it too."""
+
     def content_files(self) -> Iterator[tuple[str, int]]:
         """Every file under the content root as (relative POSIX path, size); empty for blob sources."""
 

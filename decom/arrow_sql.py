@@ -47,14 +47,42 @@ class AdbcPool:
         self.uri = uri
         self._idle: list[Any] = []
         self._lock = threading.Lock()
+        self._closed = False
+        self._warming: threading.Thread | None = None
+
+    def warm_up(self, connections: int) -> None:
+        """Open `connections` more connections on a background thread, into the pool, while the caller
+        does other work (the driver's import, ~0.05 s, happens there too). A failure is left for the
+        next connection in the foreground to report."""
+
+        def connect() -> None:
+            for _ in range(connections):
+                try:
+                    conn = self._new()
+                except Exception:  # noqa: BLE001  reported by the foreground connection that needs one
+                    return
+                with self._lock:
+                    if not self._closed:
+                        self._idle.append(conn)
+                        continue
+                conn.close()
+                return
+
+        with self._lock:
+            if self._warming is None and not self._closed:
+                self._warming = threading.Thread(target=connect, name="adbc-warm-up", daemon=True)
+                self._warming.start()
 
     def _connect(self) -> Any:
-        import adbc_driver_manager
-        import adbc_driver_postgresql.dbapi as pg
-
         with self._lock:
             if self._idle:
                 return self._idle.pop()
+        return self._new()
+
+    def _new(self) -> Any:
+        import adbc_driver_manager
+        import adbc_driver_postgresql.dbapi as pg
+
         try:
             return pg.connect(self.uri)
         except adbc_driver_manager.Error as exc:
@@ -126,6 +154,11 @@ class AdbcPool:
             conn.close()
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            warming = self._warming
+        if warming is not None:
+            warming.join()  # its connections land in the pool, then are closed below
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -234,6 +235,50 @@ def test_bulk_blob_batches_follow_the_requested_order_bound_their_size_and_mark_
     finally:
         adapter.close()
     assert adapter._adbc is None
+
+
+def _sessions(url: str, expected: int) -> int:
+    """Server sessions on the test database other than the one asking: `expected` as soon as there
+    are that many (a closed client's backend takes a moment to leave), else the count after 5 s."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            for _ in range(100):
+                count = int(conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                                                 "current_database() AND pid <> pg_backend_pid()")).scalar_one())
+                if count == expected:
+                    break
+                time.sleep(0.05)
+        return count
+    finally:
+        engine.dispose()
+
+
+def test_connections_opened_ahead_serve_the_content_fetch_and_close_with_the_adapter(
+        pg_url: str, tmp_path: Path) -> None:
+    from decom.adapters.sql_generic import FETCHERS, SqlGenericAdapter
+
+    adapter, blobs = _blob_adapter(pg_url, tmp_path)
+    try:
+        adapter.warm_up()
+        pool = adapter._adbc
+        assert pool is not None and pool._warming is not None
+        pool._warming.join()
+        assert len(pool._idle) == FETCHERS["arrow"] and _sessions(pg_url, FETCHERS["arrow"]) == FETCHERS["arrow"]
+        warmed = {id(conn) for conn in pool._idle}
+        versions = [{"version_id": f"v{i}", "document_id": f"d{i}", "content_ref": str(i),
+                     "size_bytes": len(b)} for i, b in blobs.items()]
+        fetched = [v for _, values in adapter.content_batches(versions, 64 * 1024) for v in values.to_pylist()]
+        assert fetched == list(blobs.values())
+        assert {id(conn) for conn in pool._idle} == warmed, "the fetchers used the connections opened ahead"
+        assert _sessions(pg_url, FETCHERS["arrow"]) == FETCHERS["arrow"]
+    finally:
+        adapter.close()
+    assert _sessions(pg_url, 0) == 0
+    again = SqlGenericAdapter(adapter.config, adapter.mapping_path)
+    again.warm_up()
+    again.close()  # while the connections may still be opening: none is left behind
+    assert _sessions(pg_url, 0) == 0
 
 
 @pytest.mark.parametrize("folder", ["disk", "tmpfs"])

@@ -148,6 +148,9 @@ def _verify(ctx: StageContext) -> dict[str, Any]:
 def run(ctx: StageContext) -> Iterator[Step]:
     from decom.memory import release_free_memory
 
+    warm_up = getattr(ctx.adapter, "warm_up", None)  # optional: connections opened while the archive starts
+    if warm_up is not None:
+        warm_up()
     yield Step("open", "create the archive folder and its id", _open)
     entities = ctx.adapter.entities()
     split: dict[str, Any] = {}
