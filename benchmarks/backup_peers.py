@@ -759,10 +759,18 @@ def main() -> None:
     signal.signal(signal.SIGALRM, out_of_time)
     signal.alarm(int(args.max_minutes * 60))
 
+    try:  # before the database: a --workdir that does not exist must not leave a database behind
+        work_root = tempfile.mkdtemp(prefix="decom-backup-bench-", dir=args.workdir)
+    except OSError as exc:
+        raise SystemExit(f"backup_peers: cannot make a work folder in {args.workdir}: {exc.strerror}") from None
     name = f"decom_backup_bench_{uuid.uuid4().hex[:8]}"
     admin = libpq_url(ADMIN)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except BaseException:
+        shutil.rmtree(work_root, ignore_errors=True)
+        raise
     pg_url = sa.engine.make_url(ADMIN).set(database=name).render_as_string(hide_password=False)
     parsed = sa.engine.make_url(pg_url)
     pg_env = {"PGHOST": parsed.host or "127.0.0.1", "PGPORT": str(parsed.port or 5432),
@@ -771,7 +779,6 @@ def main() -> None:
         pg_env["PGPASSWORD"] = parsed.password
     maria_admin = _maria_params(MARIA_ADMIN) if args.mariadb else None
     maria_url: str | None = None
-    work_root = tempfile.mkdtemp(prefix="decom-backup-bench-", dir=args.workdir)
     work = Path(work_root)
     failed = False
     try:
