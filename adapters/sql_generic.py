@@ -45,6 +45,10 @@ def redact_url(url: str) -> str:
         return "<unparseable database URL>"
 
 
+def _invalid_url(url: str, exc: ArgumentError) -> UserError:
+    return UserError(f"database URL {redact_url(url)} is not valid: {exc}")
+
+
 def create_source_engine(url: str) -> Engine:
     """An engine for a legacy database, with driver problems turned into one clear line."""
     try:
@@ -52,7 +56,7 @@ def create_source_engine(url: str) -> Engine:
     except NoSuchModuleError as exc:
         raise UserError(f"database URL {redact_url(url)}: no SQLAlchemy dialect for it ({exc})") from None
     except ArgumentError as exc:
-        raise UserError(f"database URL {redact_url(url)} is not valid: {exc}") from None
+        raise _invalid_url(url, exc) from None
     except ModuleNotFoundError as exc:
         raise UserError(
             f"database URL {redact_url(url)}: driver {exc.name!r} is not installed "
@@ -124,8 +128,8 @@ class SqlGenericAdapter:
                                              f"{path}: [signature_content]", config.content_root)
         try:
             self.url = make_url(config.url)
-        except ArgumentError as exc:
-            raise UserError(f"database URL {redact_url(config.url)} is not valid: {exc}") from None
+        except ArgumentError as exc:  # reported when the adapter opens, as before the engine was made lazily
+            raise _invalid_url(config.url, exc) from None
         # The SQLAlchemy engine is made on first use: making it imports the dialect's driver
         # (psycopg: ~0.13 s), which a PostgreSQL backup reading through ADBC never uses.
         self._engine: Engine | None = None

@@ -52,8 +52,7 @@ class AdbcPool:
 
     def warm_up(self, connections: int) -> None:
         """Open `connections` more connections on a background thread, into the pool, while the caller
-        does other work (the driver's import, ~0.05 s, happens there too). A failure is left for the
-        next connection in the foreground to report."""
+        does other work. A failure is left for the next connection in the foreground to report."""
 
         def connect() -> None:
             for _ in range(connections):
