@@ -286,7 +286,7 @@ def test_a_file_read_whole_for_full_verification_is_exact_also_when_it_grew(
         tmp_path: Path, folder: str) -> None:
     base = tmp_path if folder == "disk" else Path(tempfile.mkdtemp(dir="/dev/shm"))  # tmpfs: no O_DIRECT
     try:
-        for size in (0, 1, 4096, 4097, 9 << 20, (9 << 20) + 5):
+        for size in (0, 1, 4096, 4097, 9 << 20, (9 << 20) + 5, (25 << 20) + 3):  # several blocks: hashed behind
             data = os.urandom(size)
             path = base / f"f{size}"
             path.write_bytes(data)
