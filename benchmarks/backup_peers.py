@@ -8,6 +8,7 @@ PostgreSQL server):
 
   peers      pg_dump -Fc; pg_dump -Fd -j2 -Z0; borg create; restic backup (the last two of the folder)
   ceiling    psql \\copy (SELECT ...) TO file (FORMAT binary): the fastest the bytes leave PostgreSQL
+             with --mariadb also mysql --quick ... -e 'SELECT id, data ...' > file: the same for MariaDB
   decom      decom run PLAN --stage backup, with the bytes read from PostgreSQL (sql_generic, blob
              content) and from the content folder (path content); with --mariadb also from MariaDB
   verify     restic check --read-data, borg check --verify-data, decom verify ARCHIVE --full
@@ -49,6 +50,7 @@ MARIA_ADMIN = os.environ.get("DECOM_BENCH_MARIADB", "mysql+pymysql://root@127.0.
 
 PEERS = ("pg_dump -Fc", "pg_dump -Fd -j2 -Z0", "borg create", "restic backup")
 CEILING = "psql \\copy binary"
+MARIA_CEILING = "mysql --quick (MariaDB)"  # the client's own read of the blob column: the MariaDB path's floor
 RSS_LIMIT_MIB = 512
 MB = 1e6
 
@@ -457,9 +459,12 @@ def repository_backup_and_check(made: Result, checked: Result, out: Path, log: P
 
 
 def run_peers(work: Path, logs: Path, pg_env: dict[str, str], database: str, timeout: float, repeat: int,
-              missing: list[str]) -> tuple[list[Result], list[Result], list[Rounds]]:
+              missing: list[str], maria: dict[str, Any] | None = None,
+              ) -> tuple[list[Result], list[Result], list[Rounds]]:
     """The peers' backups and checks, each `repeat` times into fresh outputs (a second restic or borg
-    backup into the same repository would only add what changed), as rounds for `interleave`."""
+    backup into the same repository would only add what changed), as rounds for `interleave`. With
+    `maria` (the MariaDB copy's connection), also the mysql client reading its blob column to a file:
+    what the server and its protocol allow, as psql's \\copy is for PostgreSQL."""
     out = work / "peers"
     out.mkdir()
     fc, fd, ceiling = Result("pg_dump -Fc"), Result("pg_dump -Fd -j2 -Z0"), Result(CEILING)
@@ -473,14 +478,30 @@ def run_peers(work: Path, logs: Path, pg_env: dict[str, str], database: str, tim
                    copy.format(target.replace("'", "''"))], out / "content.copy", "psql-copy.log",
          f'psql -X -q -v ON_ERROR_STOP=1 -d {database} -c "{copy.format(target)}"')]
 
-    def dump(result: Result, argv: list[str], output: Path, log: str, shown: str | None) -> Rounds:
+    def dump(result: Result, argv: list[str], output: Path, log: str, shown: str | None, *,
+             env: dict[str, str]) -> Rounds:
         for _ in range(repeat):
             if result.error is None:
-                attempt(result, argv, output, log=logs / log, timeout=timeout, env=pg_env, shown=shown)
+                attempt(result, argv, output, log=logs / log, timeout=timeout, env=env, shown=shown)
                 remove(output)
             yield
 
-    rounds = [dump(*d) for d in dumps]
+    extra: list[Result] = []
+    maria_env = pg_env
+    if maria is not None:
+        client = Result(MARIA_CEILING)
+        extra.append(client)
+        query = "SELECT id, data FROM doc_blob"
+        options = [f"--host={maria['host']}", f"--port={maria['port']}", f"--user={maria['user']}", "--quick",
+                   "--raw", "--batch", "--skip-column-names", f"--database={maria['database']}", "-e", query]
+        maria_env = {**pg_env, "MYSQL_PWD": str(maria.get("password") or "")}
+        output = out / "content.tsv"
+        if shutil.which("mysql") is None:
+            client.error = "the mysql client is not installed"
+        else:  # sh only redirects the output to the file (its $0), as psql's \copy writes one
+            dumps.append((client, ["sh", "-c", 'exec mysql "$@" > "$0"', str(output), *options], output,
+                          "mysql-quick.log", shlex.join(["mysql", *options]) + f" > {output}"))
+    rounds = [dump(*d, env=maria_env if d[0].label == MARIA_CEILING else pg_env) for d in dumps]
     passphrase, password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     create, check_borg = Result("borg create"), Result("borg check --verify-data")
     # Its own config, cache and security folders for each repository, never ~/.config/borg.
@@ -500,7 +521,7 @@ def run_peers(work: Path, logs: Path, pg_env: dict[str, str], database: str, tim
         backup=lambda repo: ["restic", "-r", str(repo), "backup", "content"],
         check=lambda repo: ["restic", "-r", str(repo), "check", "--read-data"], name="restic",
         package="restic", installed="restic" not in missing))
-    return [fc, fd, ceiling, create, backup], [check_restic, check_borg], rounds
+    return [fc, fd, ceiling, *extra, create, backup], [check_restic, check_borg], rounds
 
 
 def interleave(rounds: list[Rounds], count: int) -> None:
@@ -721,6 +742,10 @@ def print_targets(backups: list[Result], decom_backups: list[Result], decom_veri
         else:
             print(line + f"{other.seconds:.1f} s vs {pg.seconds:.1f} s ({other.seconds / pg.seconds:.2f}x): "
                   f"{verdict(other.seconds <= 2 * pg.seconds)}")
+    client = by_label.get(MARIA_CEILING)
+    if maria is not None and maria.seconds and client is not None and client.seconds:
+        print(f"  (beside it, not a target: the MariaDB path took {maria.seconds / client.seconds:.2f}x the time of "
+              f"{MARIA_CEILING}, {client.seconds:.1f} s)")
     print("  quick verify of 10,000 files in under 2 s: benchmarks/verify_quick.py")
 
 
@@ -808,7 +833,8 @@ def main() -> None:
         checks: list[Result] = []
         rounds: list[Rounds] = []
         if not args.skip_peers:
-            backups, checks, rounds = run_peers(work, logs, pg_env, name, timeout, args.repeat, missing)
+            backups, checks, rounds = run_peers(work, logs, pg_env, name, timeout, args.repeat, missing,
+                                                maria_params)
         decom_backups: list[Result] = []
         decom_verifies: list[Result] = []
         decom_error = "--skip-decom" if args.skip_decom else None
