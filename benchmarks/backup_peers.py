@@ -470,15 +470,16 @@ def run_peers(work: Path, logs: Path, pg_env: dict[str, str], database: str, tim
     fc, fd, ceiling = Result("pg_dump -Fc"), Result("pg_dump -Fd -j2 -Z0"), Result(CEILING)
     copy = "\\copy (SELECT id, data FROM doc_blob) TO '{}' WITH (FORMAT binary)"
     target = str(out / "content.copy")
-    dumps = [
-        (fc, ["pg_dump", "-Fc", "-f", str(out / "db.dump"), database], out / "db.dump", "pg_dump-Fc.log", None),
+    dumps = [  # result, argv, output, log, shown, environment
+        (fc, ["pg_dump", "-Fc", "-f", str(out / "db.dump"), database], out / "db.dump", "pg_dump-Fc.log", None,
+         pg_env),
         (fd, ["pg_dump", "-Fd", "-j2", "-Z0", "-f", str(out / "db.dir"), database], out / "db.dir",
-         "pg_dump-Fd.log", None),
+         "pg_dump-Fd.log", None, pg_env),
         (ceiling, ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", database, "-c",
                    copy.format(target.replace("'", "''"))], out / "content.copy", "psql-copy.log",
-         f'psql -X -q -v ON_ERROR_STOP=1 -d {database} -c "{copy.format(target)}"')]
+         f'psql -X -q -v ON_ERROR_STOP=1 -d {database} -c "{copy.format(target)}"', pg_env)]
 
-    def dump(result: Result, argv: list[str], output: Path, log: str, shown: str | None, *,
+    def dump(result: Result, argv: list[str], output: Path, log: str, shown: str | None,
              env: dict[str, str]) -> Rounds:
         for _ in range(repeat):
             if result.error is None:
@@ -487,21 +488,20 @@ def run_peers(work: Path, logs: Path, pg_env: dict[str, str], database: str, tim
             yield
 
     extra: list[Result] = []
-    maria_env = pg_env
     if maria is not None:
         client = Result(MARIA_CEILING)
         extra.append(client)
         query = "SELECT id, data FROM doc_blob"
         options = [f"--host={maria['host']}", f"--port={maria['port']}", f"--user={maria['user']}", "--quick",
                    "--raw", "--batch", "--skip-column-names", f"--database={maria['database']}", "-e", query]
-        maria_env = {**pg_env, "MYSQL_PWD": str(maria.get("password") or "")}
         output = out / "content.tsv"
         if shutil.which("mysql") is None:
             client.error = "the mysql client is not installed"
         else:  # sh only redirects the output to the file (its $0), as psql's \copy writes one
             dumps.append((client, ["sh", "-c", 'exec mysql "$@" > "$0"', str(output), *options], output,
-                          "mysql-quick.log", shlex.join(["mysql", *options]) + f" > {output}"))
-    rounds = [dump(*d, env=maria_env if d[0].label == MARIA_CEILING else pg_env) for d in dumps]
+                          "mysql-quick.log", shlex.join(["mysql", *options]) + f" > {output}",
+                          {"MYSQL_PWD": str(maria.get("password") or "")}))
+    rounds = [dump(*d) for d in dumps]
     passphrase, password = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     create, check_borg = Result("borg create"), Result("borg check --verify-data")
     # Its own config, cache and security folders for each repository, never ~/.config/borg.
