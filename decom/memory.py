@@ -1,5 +1,5 @@
-"""How decom's process uses memory: glibc's malloc tuned for streaming, and memory that is free
-again handed back to the operating system between the phases of a long step.
+"""How decom's process uses memory: glibc's malloc tuned for streaming, Arrow allocating through it,
+and memory that is free again handed back to the operating system between the phases of a long step.
 
 The backup's content parts leave the allocators (glibc's per-thread arenas, Arrow's pool) holding
 the buffers of the pipeline after the last part is written; the manifest and the verification that
@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import os
 import sys
 from typing import Any
 
@@ -50,14 +51,39 @@ def tune_allocator() -> bool:
                ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD), (M_ARENA_MAX, ARENA_MAX)))
 
 
+ARROW_POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"
+
+
+def use_system_pool_for_arrow() -> str:
+    """Make Arrow allocate through malloc (its "system" pool) unless the user chose a pool with
+    ARROW_DEFAULT_MEMORY_POOL. Returns the pool Arrow will use.
+
+    pyarrow's default pool, mimalloc, hands freed memory back to the kernel after a few ms, so the
+    Parquet writer's page and encryption buffers landed on fresh (huge) pages that the kernel
+    zeroed again for every part: `perf` put 6-7 % of a 983 MB backup's CPU in clear_page_erms.
+    Through glibc's malloc tuned above, those buffers are reused. Ten alternating backups: wall
+    5.5-6.1 -> 5.0-5.3 s, system time 1.2-1.5 -> 0.83-0.94 s, peak RSS 388-415 -> 335-353 MiB;
+    verify --full did not get slower (system time 0.75-1.27 -> 0.71-0.87 s).
+    The variable is read when Arrow first makes its default pool, so it is set before pyarrow is
+    imported; if it already is, the pool is switched for pyarrow's own calls."""
+    chosen = os.environ.setdefault(ARROW_POOL_VARIABLE, "system")
+    if chosen == "system" and "pyarrow" in sys.modules:
+        import pyarrow as pa
+
+        pa.set_memory_pool(pa.system_memory_pool())
+    return chosen
+
+
 _PROCESS = {"owned": False, "frozen": False}
 
 
 def own_process() -> None:
     """The CLI owns its process (a library caller's process is not ours to tune): malloc is tuned,
-    and stages may freeze start-up objects for the garbage collector (freeze_startup_objects)."""
+    Arrow allocates through it, and stages may freeze start-up objects for the garbage collector
+    (freeze_startup_objects)."""
     _PROCESS["owned"] = True
-    tune_allocator()
+    if tune_allocator():
+        use_system_pool_for_arrow()
 
 
 def freeze_startup_objects() -> None:

@@ -313,6 +313,32 @@ def test_allocator_tuning_applies_on_glibc_and_is_a_no_op_elsewhere() -> None:
     assert out == str(is_glibc)
 
 
+def test_arrow_allocates_through_the_tuned_malloc_in_a_process_the_cli_owns() -> None:
+    """Arrow's default pool (mimalloc) gave freed buffers back to the kernel, which zeroed fresh
+    pages for every part (decom/memory.py). In the CLI's process Arrow uses the system pool, whether
+    pyarrow is imported after or before; a pool the user chose by ARROW_DEFAULT_MEMORY_POOL stays."""
+    import os
+    import subprocess
+    import sys
+
+    if __import__("platform").libc_ver()[0] != "glibc":
+        pytest.skip("the system pool is chosen only where glibc's malloc is tuned")
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    show = "print(pa.default_memory_pool().backend_name)"
+    after = f"import decom.memory as m; m.own_process(); import pyarrow as pa; {show}"
+    before = f"import pyarrow as pa, decom.memory as m; m.own_process(); {show}"
+    library = f"import pyarrow as pa, decom.memory as m; {show}"
+
+    def pool(code: str, **extra: str) -> str:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**env, **extra}).stdout.strip()
+
+    assert pool(after) == "system"
+    assert pool(before) == "system"
+    assert pool(after, ARROW_DEFAULT_MEMORY_POOL="mimalloc") == "mimalloc"
+    assert pool(library) != "system", "a library caller's process was switched too"
+
+
 def test_start_up_objects_are_frozen_only_in_a_process_the_cli_owns() -> None:
     """Freezing hides objects from the cycle collector for good: fine once for the CLI's start-up,
     not for a program that calls decom as a library (its own cycles would never be collected), and
