@@ -681,6 +681,16 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
+def per_round_ratios(decom: Result, peers: list[Result]) -> list[float]:
+    """The fastest peer's time over decom's, round by round (the rounds run one after the other, so a
+    machine whose speed drifts over the run moves both sides of each ratio alike). Empty unless every
+    command has a time for every round."""
+    count = len(decom.runs)
+    if not peers or any(len(p.runs) != count for p in peers):
+        return []
+    return [min(p.runs[i] for p in peers) / decom.runs[i] for i in range(count)]
+
+
 def print_targets(backups: list[Result], decom_backups: list[Result], decom_verifies: list[Result],
                   checks: list[Result], content_bytes: int, decom_error: str | None) -> None:
     by_label = {r.label: r for r in [*backups, *decom_backups, *decom_verifies, *checks]}
@@ -712,6 +722,10 @@ def print_targets(backups: list[Result], decom_backups: list[Result], decom_veri
         ratio = fastest.seconds / pg.seconds
         print(line + f"{mbps(content_bytes, pg):.1f} MB/s = {ratio:.2f}x {fastest.label} "
               f"({mbps(content_bytes, fastest):.1f} MB/s): {verdict(ratio >= 1.6)}")
+        rounds = per_round_ratios(pg, peers)
+        if len(rounds) > 1:
+            print("  (beside it, not the target's measure: round by round, decom against that round's fastest "
+                  f"peer: {', '.join(f'{r:.2f}x' for r in rounds)})")
     line = "  backup >= 90 % of psql \\copy binary (aimed for): "
     if pg is None or pg.seconds is None or ceiling is None or ceiling.seconds is None:
         ceil = f"\\copy {mbps(content_bytes, ceiling):.1f} MB/s; " if ceiling and ceiling.seconds else ""
