@@ -54,9 +54,9 @@ def tune_allocator() -> bool:
 ARROW_POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"
 
 
-def use_system_pool_for_arrow() -> str:
+def use_system_pool_for_arrow() -> None:
     """Make Arrow allocate through malloc (its "system" pool) unless the user chose a pool with
-    ARROW_DEFAULT_MEMORY_POOL. Returns the pool Arrow will use.
+    ARROW_DEFAULT_MEMORY_POOL.
 
     pyarrow's default pool, mimalloc, hands freed memory back to the kernel after a few ms, so the
     Parquet writer's page and encryption buffers landed on fresh (huge) pages that the kernel
@@ -66,12 +66,10 @@ def use_system_pool_for_arrow() -> str:
     verify --full did not get slower (system time 0.75-1.27 -> 0.71-0.87 s).
     The variable is read when Arrow first makes its default pool, so it is set before pyarrow is
     imported; if it already is, the pool is switched for pyarrow's own calls."""
-    chosen = os.environ.setdefault(ARROW_POOL_VARIABLE, "system")
-    if chosen == "system" and "pyarrow" in sys.modules:
+    if os.environ.setdefault(ARROW_POOL_VARIABLE, "system") == "system" and "pyarrow" in sys.modules:
         import pyarrow as pa
 
         pa.set_memory_pool(pa.system_memory_pool())
-    return chosen
 
 
 _PROCESS = {"owned": False, "frozen": False}
