@@ -23,7 +23,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from decom.archive.manifest import build_manifest, write_signed
+from decom.archive.manifest import write_manifest
 
 
 def build(folder: Path, files: int) -> tuple[Path, Ed25519PublicKey]:
@@ -41,10 +41,9 @@ def build(folder: Path, files: int) -> tuple[Path, Ed25519PublicKey]:
         versions.append({"document_id": f"d{number:06d}", "version_id": f"v{number:06d}", "size": 7, "chunks": 1,
                          "sha256": hashlib.sha256(str(number).encode()).hexdigest(), "part": path})
     key = Ed25519PrivateKey.generate()
-    manifest = build_manifest(archive_id="0" * 32, run_id="bench", plan_name="bench", plan_sha256="0" * 64,
-                              created_at="2026-11-23T00:00:00+00:00", source="benchmark", freeze=None,
-                              signer=key.public_key(), recipients=[], files=entries, versions=versions, counts={})
-    write_signed(archive, manifest, key)
+    write_manifest(archive, versions=versions, signing_key=key, archive_id="0" * 32, run_id="bench",
+                   plan_name="bench", plan_sha256="0" * 64, created_at="2026-11-23T00:00:00+00:00",
+                   source="benchmark", freeze=None, signer=key.public_key(), recipients=[], files=entries, counts={})
     return archive, key.public_key()
 
 

@@ -15,6 +15,12 @@ class IncompleteError(UserError):
     exit_code = 3
 
 
+class ArchiveIntegrityError(UserError):
+    """An archive does not match its signed manifest: nothing unverified is used or restored. Exit 1."""
+
+    exit_code = 1
+
+
 def first_line(exc: BaseException) -> str:
     """One line describing a library's exception for a UserError: the first non-blank line of its message
     (the driver's own message under SQLAlchemy's wrapper, which adds SQL and a help link), or the

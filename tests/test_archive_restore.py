@@ -14,11 +14,23 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from test_archive_verify import PART1, Backups, bytes_changed_after_hashing, make_backups, signed_by_another_key
+from test_archive_verify import (
+    PART1,
+    Backups,
+    as_format_version_1,
+    bytes_changed_after_hashing,
+    make_backups,
+    signed_by_another_key,
+    version_list_deleted,
+    version_list_entry_edited,
+    version_list_truncated,
+)
 
 from decom import api
 from decom.adapter import open_adapter
 from decom.archive.restore import ArchiveIntegrityError, safe_name
+from decom.archive.verify import verify_archive
+from decom.archive.version_list import archive_versions
 from decom.cli import run_cli
 from decom.errors import UserError
 from decom.plan import load_plan
@@ -51,8 +63,7 @@ def demo(backups: Backups) -> dict[str, Any]:
 
 
 def manifest_versions(archive: Path) -> dict[str, dict[str, Any]]:
-    manifest = json.loads((archive / "manifest.json").read_bytes())
-    return {v["version_id"]: v for v in manifest["versions"]}
+    return {v["version_id"]: v for v in archive_versions(archive)}
 
 
 def check_restored(paths: list[Path], to: Path, archive: Path, demo: dict[str, Any]) -> set[str]:
@@ -161,6 +172,37 @@ def test_restore_refuses_an_archive_whose_signature_fails(backups: Backups, tmp_
     err = capsys.readouterr().err
     assert "refusing to restore" in err and "manifest.sig" in err
     assert not to.exists()
+
+
+@pytest.mark.parametrize("tamper", [version_list_entry_edited, version_list_truncated, version_list_deleted])
+def test_restore_refuses_a_version_list_that_is_not_the_signed_one(tamper: Any, backups: Backups, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """versions.jsonl is not covered by the signature's bytes, only by its hash in the signed
+    manifest: restore checks that hash before it writes a single file."""
+    archive = backups.copy(tmp_path / "archive")
+    tamper(archive, backups)
+    to = tmp_path / "out"
+    assert run_cli(["--quiet", "restore", str(archive), "--to", str(to), "--key-file", str(backups.recipient_key),
+                    "--signer-key", str(backups.signing_pub), "--document", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "versions.jsonl" in err and err.count("\n") == 1, err
+    assert not to.exists() or not [p for p in to.rglob("*") if p.is_file()]
+
+
+def test_an_archive_of_format_version_1_still_verifies_and_restores(backups: Backups, demo: dict[str, Any],
+                                                                   tmp_path: Path) -> None:
+    """Archives written before versions.jsonl (the list inside manifest.json) stay readable."""
+    archive = backups.copy(tmp_path / "archive")
+    as_format_version_1(archive, backups)
+    assert not (archive / "versions.jsonl").exists()
+    for extra in ((), ("--full", "--key-file", str(backups.recipient_key))):
+        assert run_cli(["--quiet", "verify", str(archive), "--signer-key", str(backups.signing_pub), *extra]) == 0
+    paths = api.restore(archive, to=tmp_path / "out", key_file=backups.recipient_key,
+                        signer_key=backups.signing_pub, everything=True)
+    assert check_restored(paths, tmp_path / "out", archive, demo) == set(demo["content"])
+    (archive / "versions.jsonl").write_bytes(b"")                      # not part of a version 1 archive
+    result = verify_archive(archive, signer=backups.signer)
+    assert [(p.file, p.kind) for p in result.problems] == [("versions.jsonl", "untracked")]
 
 
 def test_restore_refuses_content_that_does_not_match_the_manifest(backups: Backups, tmp_path: Path) -> None:

@@ -29,9 +29,10 @@ from benchmarks.verify_quick import build as build_many_file_archive
 from decom import api
 from decom.archive import pme
 from decom.archive.keys import canonical_json, fingerprint, generate, load_private, load_public
-from decom.archive.manifest import build_manifest, merkle_root, write_signed
+from decom.archive.manifest import manifest_head, merkle_root, version_lines, write_signed, write_version_list
 from decom.archive.verify import verify_archive
 from decom.archive.verify_files import CONTENT_COLUMNS
+from decom.archive.version_list import archive_versions
 from decom.cli import run_cli
 from decom.progress import Progress
 
@@ -188,7 +189,7 @@ def manifest_damaged(archive: Path, b: Backups) -> Expect:
 
 
 def manifest_not_an_object(archive: Path, b: Backups) -> Expect:
-    (archive / "manifest.json").write_bytes(json.dumps(manifest_of(archive)["versions"]).encode())  # valid JSON
+    (archive / "manifest.json").write_bytes(json.dumps(archive_versions(archive)).encode())  # valid JSON
     return Expect("manifest.json", ("manifest",), "manifest", "JSON but not a decom archive manifest")
 
 
@@ -248,22 +249,67 @@ def untracked_file(archive: Path, b: Backups) -> Expect:
 
 
 def version_left_out_of_the_manifest(archive: Path, b: Backups) -> Expect:
-    """A writer that lost a version: the manifest, consistent in itself (Merkle root recomputed) and
-    signed with the archive's own key, lists one version fewer than data/versions.parquet holds."""
-    manifest = manifest_of(archive)
-    manifest["versions"] = [v for v in manifest["versions"] if v.get("missing")] + \
-        [v for v in manifest["versions"] if not v.get("missing")][1:]
-    manifest["versions"].sort(key=lambda v: (v["document_id"], v["version_id"]))
-    manifest["merkle_root"] = merkle_root(manifest["versions"])
-    write_signed(archive, manifest, load_private(b.signing_key, Ed25519PrivateKey))
+    """A writer that lost a version: the manifest, consistent in itself (list and Merkle root
+    recomputed) and signed with the archive's own key, lists one version fewer than
+    data/versions.parquet holds."""
+    versions = archive_versions(archive)
+    versions.remove(next(v for v in versions if not v.get("missing")))
+    resign_with_versions(archive, b, versions)
     return Expect("manifest.json", ("manifest",), "manifest", "data/versions.parquet holds")
+
+
+def resign_with_versions(archive: Path, b: Backups, versions: list[dict[str, Any]]) -> None:
+    """Write `versions` (in order) as the archive's versions.jsonl and re-sign the manifest with the
+    archive's own key, as a buggy writer would."""
+    manifest = manifest_of(archive)
+    manifest["version_list"] = write_version_list(archive, [version_lines(versions)], len(versions))
+    manifest["merkle_root"] = merkle_root(versions)
+    write_signed(archive, manifest, load_private(b.signing_key, Ed25519PrivateKey))
+
+
+def as_format_version_1(archive: Path, b: Backups) -> None:
+    """Rewrite a fresh archive as decom wrote it before versions.jsonl (format version 1): the list
+    inside manifest.json, signed with the archive's own key."""
+    manifest = manifest_of(archive)
+    manifest["versions"] = archive_versions(archive)
+    del manifest["version_list"]
+    manifest["format_version"] = 1
+    (archive / "versions.jsonl").unlink()
+    write_signed(archive, manifest, load_private(b.signing_key, Ed25519PrivateKey))
+
+
+def version_list_deleted(archive: Path, b: Backups) -> Expect:
+    (archive / "versions.jsonl").unlink()
+    return Expect("versions.jsonl", ("missing",), "missing", "missing")
+
+
+def version_list_entry_edited(archive: Path, b: Backups) -> Expect:
+    """A version's recorded hash replaced by that of other bytes, the line still valid JSON."""
+    lines = (archive / "versions.jsonl").read_bytes().split(b"\n")
+    at = next(i for i, line in enumerate(lines) if b'"sha256"' in line)
+    entry = json.loads(lines[at])
+    lines[at] = canonical_json({**entry, "sha256": hashlib.sha256(b"other bytes").hexdigest()})
+    (archive / "versions.jsonl").write_bytes(b"\n".join(lines))
+    return Expect("versions.jsonl", ("sha256",), "sha256", "does not match the manifest")
+
+
+def version_list_truncated(archive: Path, b: Backups) -> Expect:
+    data = (archive / "versions.jsonl").read_bytes()
+    (archive / "versions.jsonl").write_bytes(data[:data.rindex(b"\n", 0, -1) + 1])   # the last entry gone
+    return Expect("versions.jsonl", ("size",), "size", "truncated")
+
+
+def version_list_bit_flip(archive: Path, b: Backups) -> Expect:
+    flip_bit(archive / "versions.jsonl", 0)                                   # line 1 is no longer JSON
+    return Expect("versions.jsonl", ("sha256",), "sha256", "does not match the manifest")
 
 
 TAMPERS: dict[str, Callable[[Path, Backups], Expect]] = {f.__name__: f for f in (
     truncated, bit_flip_in_data_page, bit_flip_in_footer, bit_flip_in_manifest, manifest_damaged,
     manifest_not_an_object, manifest_reindented, manifest_edited,
     signed_by_another_key, swapped_with_another_archive, swapped_positions, older_file_put_back, file_deleted,
-    untracked_file, version_left_out_of_the_manifest)}
+    untracked_file, version_left_out_of_the_manifest, version_list_deleted, version_list_entry_edited,
+    version_list_truncated, version_list_bit_flip)}
 
 
 # --- damage only full verification sees: parts rewritten and the manifest re-signed with the real key ---------
@@ -344,16 +390,16 @@ def cli_verify(archive: Path, b: Backups, *extra: str) -> list[str]:
 def test_a_fresh_backup_verifies_quick_and_full(backups: Backups) -> None:
     quick = verify_archive(backups.newer, signer=backups.signer)
     assert quick.ok, quick.problems
-    manifest = manifest_of(backups.newer)
+    manifest, versions = manifest_of(backups.newer), archive_versions(backups.newer)
     assert quick.checked["files"] == len(manifest["files"]) >= 14        # 12 entities and at least two parts
-    assert quick.checked["versions"] == len(manifest["versions"])
+    assert quick.checked["versions"] == len(versions) == manifest["version_list"]["entries"]
     assert quick.checked["bytes"] == sum(f["size"] for f in manifest["files"])
     keyed = verify_archive(backups.newer, signer=backups.signer_fingerprint, private_key=backups.private)
     assert keyed.ok and keyed.checked["footers"] and keyed.checked["rows"] == sum(f["rows"] for f in manifest["files"])
     full = verify_archive(backups.newer, signer=backups.signer, private_key=backups.private, full=True)
     assert full.ok, full.problems
-    assert full.checked["content_bytes"] == sum(v.get("size", 0) for v in manifest["versions"])
-    assert any(v.get("missing") for v in manifest["versions"])          # the demo's missing file, recorded
+    assert full.checked["content_bytes"] == sum(v.get("size", 0) for v in versions)
+    assert any(v.get("missing") for v in versions)          # the demo's missing file, recorded
 
 
 def test_a_fresh_backup_verifies_through_the_cli(backups: Backups, capsys: pytest.CaptureFixture[str]) -> None:
@@ -441,9 +487,9 @@ def test_a_foreign_signer_embedded_in_the_manifest_fails_against_the_trusted_fin
     archive = backups.copy(tmp_path / "archive")
     forger: Ed25519PrivateKey = load_private(backups.other_signing_key, Ed25519PrivateKey)
     manifest = manifest_of(archive)
-    manifest["signer"] = build_manifest(
+    manifest["signer"] = manifest_head(
         archive_id="x", run_id="x", plan_name="x", plan_sha256="x", created_at="x", source="x", freeze=None,
-        signer=forger.public_key(), recipients=[], files=[], versions=[], counts={})["signer"]
+        signer=forger.public_key(), recipients=[], files=[], counts={})["signer"]
     write_signed(archive, manifest, forger)
     assert verify_archive(archive, signer=fingerprint(forger.public_key())).ok     # consistent in itself
     result = verify_archive(archive, signer=backups.signer_fingerprint)

@@ -16,6 +16,7 @@ from decom import api
 from decom.archive.keys import generate, load_private
 from decom.archive.manifest import read_manifest
 from decom.archive.pme import open_encrypted, read_all
+from decom.archive.version_list import archive_versions
 from decom.cli import run_cli
 from decom.demo.generator import DemoSpec, build_demo
 
@@ -77,8 +78,8 @@ def decrypted(archive: Path, key_file: Path) -> dict[str, object]:
 
     key = load_private(key_file, X25519PrivateKey)
     manifest, _ = read_manifest(archive)
-    held: dict[str, object] = {"versions": [{k: v for k, v in e.items() if k != "part"} for e in manifest["versions"]],
-                               "counts": manifest["counts"]}
+    held: dict[str, object] = {"versions": [{k: v for k, v in e.items() if k != "part"}
+                                            for e in archive_versions(archive)], "counts": manifest["counts"]}
     for entry in manifest["files"]:
         parquet = open_encrypted(archive / entry["path"], key, manifest["archive_id"], entry["path"])
         table = pa.Table.from_batches(list(read_all(parquet)), schema=parquet.schema_arrow)
@@ -95,7 +96,7 @@ def test_backup_writes_a_signed_encrypted_archive_of_every_entity_and_version(de
     archive = archive_of(plan)
     manifest, _ = read_manifest(archive)
     assert manifest["counts"]["documents"] == facts.documents
-    versions = manifest["versions"]
+    versions = archive_versions(archive)
     assert len(versions) == facts.versions
     assert [v["version_id"] for v in versions if v.get("missing")] != []
     for path in archive.rglob("*.parquet"):
@@ -137,8 +138,9 @@ def test_backup_killed_anywhere_resumes_to_the_same_archive_content(demo, tmp_pa
     manifest, _ = read_manifest(archive)
     listed = {f["path"] for f in manifest["files"]}
     on_disk = {str(p.relative_to(archive)) for p in archive.rglob("*") if p.is_file()}
-    assert on_disk == listed | {"manifest.json", "manifest.sig"}, "an untracked or temporary file was left"
-    ids = [(v["document_id"], v["version_id"]) for v in manifest["versions"]]
+    assert on_disk == listed | {"manifest.json", "manifest.sig", "versions.jsonl"}, \
+        "an untracked or temporary file was left"
+    ids = [(v["document_id"], v["version_id"]) for v in archive_versions(archive)]
     assert len(ids) == len(set(ids)), "a version was archived twice"
     # Same content as an uninterrupted run (keys, ids and encryption differ; what they hold does not).
     assert decrypted(archive, crashed_dir / "keys" / "auditor.key") == \
@@ -205,7 +207,7 @@ def test_database_sources_archive_the_same_versions_as_sqlite(server: str, tmp_p
         plan = backup_plan(folder, url, folder / "content")
         api.run(plan)
         manifest, _ = read_manifest(archive_of(plan))
-        results[name] = ([{k: v for k, v in e.items() if k != "part"} for e in manifest["versions"]],
+        results[name] = ([{k: v for k, v in e.items() if k != "part"} for e in archive_versions(archive_of(plan))],
                          manifest["counts"], manifest["merkle_root"])
     assert results["sqlite"] == results[server]
 
@@ -228,7 +230,7 @@ def test_versions_of_every_size_are_chunked_hashed_and_reassembled_exactly(demo,
     key = load_private(tmp_path / "keys" / "auditor.key", X25519PrivateKey)
     versions_table = decrypted(archive, tmp_path / "keys" / "auditor.key")["data/versions.parquet"]
     ref_of = {r["version_id"]: r["content_ref"] for r in versions_table}  # type: ignore[union-attr]
-    by_ref = {ref_of[v["version_id"]]: v for v in manifest["versions"]}
+    by_ref = {ref_of[v["version_id"]]: v for v in archive_versions(archive)}
     chunks: dict[str, list[tuple[int, bytes]]] = {}
     for entry in manifest["files"]:
         if entry["kind"] == "content":
@@ -298,7 +300,7 @@ def test_blob_content_in_the_database_is_archived_in_bulk(server: str, tmp_path:
     plan.write_text(text.replace(f'content_root = "{tmp_path / "no-content-folder"}"\n', ""), encoding="utf-8")
     assert run_cli(["--quiet", "run", str(plan), "--stage", "backup"]) == 0
     manifest, _ = read_manifest(archive_of(plan))
-    archived = {v["version_id"]: v.get("sha256") for v in manifest["versions"]}
+    archived = {v["version_id"]: v.get("sha256") for v in archive_versions(archive_of(plan))}
     assert {k: v for k, v in archived.items() if v} == expected
     assert [k for k, v in archived.items() if v is None] != [], "the demo's missing file stays missing"
 
@@ -316,7 +318,7 @@ def test_backup_of_a_database_source_killed_inside_a_part_resumes_completely(
     resumed = subprocess.run([*decom_cmd(), "--quiet", "run", str(plan)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     manifest, _ = read_manifest(archive_of(plan))
-    ids = [v["version_id"] for v in manifest["versions"]]
+    ids = [v["version_id"] for v in archive_versions(archive_of(plan))]
     assert len(ids) == len(set(ids)) == facts.versions
     assert manifest["counts"]["documents"] == facts.documents
 
@@ -365,7 +367,7 @@ def test_parts_and_row_groups_are_bounded_by_versions_as_well_as_bytes(demo, tmp
     parts = [f for f in manifest["files"] if f["kind"] == "content"]
     assert len(parts) == -(-facts.versions // 40)
     per_part: dict[str, int] = {}
-    for v in manifest["versions"]:
+    for v in archive_versions(archive):
         if not v.get("missing"):
             per_part[v["part"]] = per_part.get(v["part"], 0) + 1
     assert max(per_part.values()) <= 40

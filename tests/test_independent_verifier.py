@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_archive_verify import DEEP, TAMPERS, Backups, Expect, make_backups
+from test_archive_verify import DEEP, TAMPERS, Backups, Expect, as_format_version_1, make_backups
 
 from decom.archive.manifest import merkle_root
 from decom.cli import run_cli
@@ -73,6 +73,19 @@ def test_both_pass_a_fresh_archive(mode: str, backups: Backups, capsys: pytest.C
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("OK ")
     assert decom_verify(backups.newer, *mode_args(mode, backups)) == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_both_pass_an_archive_of_format_version_1(mode: str, backups: Backups, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    archive = backups.copy(tmp_path / "archive")
+    as_format_version_1(archive, backups)
+    result = tool(archive, *mode_args(mode, backups))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert decom_verify(archive, *mode_args(mode, backups)) == 0
+    manifest = archive / "manifest.json"                         # an entry inside it edited: the signature fails
+    manifest.write_bytes(manifest.read_bytes().replace(b'"missing":true', b'"missing":false', 1))
+    assert tool(archive, *mode_args(mode, backups)).returncode == decom_verify(archive, *mode_args(mode, backups)) == 1
 
 
 @pytest.mark.parametrize("case", [*TAMPERS, *DEEP])

@@ -142,11 +142,16 @@ class Check:
         self.signature(manifest_bytes)
         try:
             manifest = json.loads(manifest_bytes)
-            files, versions, archive_id = manifest["files"], manifest["versions"], manifest["archive_id"]
+            files, archive_id = manifest["files"], manifest["archive_id"]
+            version = manifest["format_version"]
+            if version not in (1, 2):
+                self.fail("manifest.json", f"format_version {version!r} is not 1 or 2")
+                return
+            versions = manifest["versions"] if version == 1 else self.version_list(manifest["version_list"])
         except (ValueError, KeyError, TypeError):
             self.fail("manifest.json", "not a readable manifest")
             return
-        self.listing(files)
+        self.listing(files, ["versions.jsonl"] if version == 2 else [])
         try:
             if merkle(versions) != manifest.get("merkle_root"):
                 self.fail("manifest.json", "merkle_root does not match the versions")
@@ -187,8 +192,35 @@ class Check:
             else:
                 self.fail("manifest.sig", f"not signed by the trusted key (claims {envelope.get('fingerprint')})")
 
-    def listing(self, files: list[dict[str, Any]]) -> None:
-        listed = {"manifest.json", "manifest.sig"}
+    def version_list(self, record: dict[str, Any]) -> list[Any]:
+        """Section 4a: versions.jsonl, checked against the manifest's record of it, one entry a line."""
+        if record["path"] != "versions.jsonl":
+            self.fail("manifest.json", f"version_list names {record['path']!r}, not versions.jsonl")
+            return []
+        try:
+            data = (self.archive / "versions.jsonl").read_bytes()
+        except FileNotFoundError:
+            self.fail("versions.jsonl", "missing")
+            return []
+        if len(data) != record["size"]:
+            self.fail("versions.jsonl", f"size {len(data)}, manifest says {record['size']} (truncated or extended)")
+        elif hashlib.sha256(data).hexdigest() != record["sha256"]:
+            self.fail("versions.jsonl", "SHA-256 differs from the manifest")
+        lines = data.split(b"\n")   # only the byte 0x0A ends a line
+        if lines[-1] == b"":
+            lines.pop()
+        if len(lines) != record["entries"]:
+            self.fail("versions.jsonl", f"{len(lines)} lines, manifest says {record['entries']} entries")
+        versions = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                versions.append(json.loads(line))
+            except ValueError:
+                self.fail("versions.jsonl", f"line {number} is not JSON")
+        return versions
+
+    def listing(self, files: list[dict[str, Any]], also: list[str]) -> None:
+        listed = {"manifest.json", "manifest.sig", *also}
         for number, entry in enumerate(files, start=1):
             path = entry["path"]
             listed.add(path)

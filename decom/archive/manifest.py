@@ -1,7 +1,8 @@
 """manifest.json and manifest.sig: what an archive holds, hashed, Merkle-rooted and signed (Ed25519).
 
 Encryption alone does not catch a file swapped, deleted, added or put back from an older archive;
-the signed list of files with their SHA-256 and the Merkle root over versions do.
+the signed list of files with their SHA-256 and the Merkle root over versions do. The versions
+themselves are in versions.jsonl, which the manifest binds by its SHA-256 (version_list.py).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,8 @@ from decom.archive.keys import canonical_json, fingerprint, public_pem
 from decom.errors import UserError
 from decom.fileio import atomic_path
 
-MANIFEST, SIGNATURE = "manifest.json", "manifest.sig"
-FORMAT, FORMAT_VERSION = "decom-archive", 1
+MANIFEST, SIGNATURE, VERSION_LIST = "manifest.json", "manifest.sig", "versions.jsonl"
+FORMAT, FORMAT_VERSION = "decom-archive", 2
 
 
 def _leaf(version: dict[str, Any]) -> bytes:
@@ -101,7 +102,7 @@ def merkle_root(versions: list[dict[str, Any]]) -> str:
 def manifest_head(*, archive_id: str, run_id: str, plan_name: str, plan_sha256: str, created_at: str,
                   source: str, freeze: dict[str, Any] | None, signer: Ed25519PublicKey, recipients: list[str],
                   files: list[dict[str, Any]], counts: dict[str, int]) -> dict[str, Any]:
-    """Every key of a manifest but `versions` and `merkle_root` (section 4)."""
+    """Every key of a manifest but `version_list` and `merkle_root` (section 4)."""
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "archive_id": archive_id, "run_id": run_id,
         "plan_name": plan_name, "plan_sha256": plan_sha256, "created_at": created_at, "source": source,
@@ -111,19 +112,37 @@ def manifest_head(*, archive_id: str, run_id: str, plan_name: str, plan_sha256: 
     }
 
 
-def build_manifest(*, versions: list[dict[str, Any]], **head: Any) -> dict[str, Any]:
-    """A whole manifest as one dict (the backup itself writes it from columns: manifest_versions.py)."""
+def write_manifest(archive_dir: Path, *, versions: list[dict[str, Any]], signing_key: Ed25519PrivateKey,
+                   **head: Any) -> str:
+    """Write versions.jsonl, manifest.json and manifest.sig from entries held as dicts; the manifest's
+    SHA-256. The reference for what the backup writes from columns (manifest_versions.py), and how
+    tests write the manifest of an archive they altered."""
     versions = sorted(versions, key=lambda v: (v["document_id"], v["version_id"]))
-    return {**manifest_head(**head), "versions": versions, "merkle_root": merkle_root(versions)}
+    listed = write_version_list(archive_dir, [version_lines(versions)], len(versions))
+    manifest = {**manifest_head(**head), "version_list": listed, "merkle_root": merkle_root(versions)}
+    return write_signed(archive_dir, manifest, signing_key)
+
+
+def version_lines(versions: Iterable[Mapping[str, Any]]) -> bytes:
+    """The bytes of versions.jsonl for entries already in order: each entry's canonical JSON and "\\n"."""
+    return b"".join(canonical_json(dict(v)) + b"\n" for v in versions)
+
+
+def write_version_list(archive_dir: Path, blocks: Iterable[bytes | bytearray], count: int) -> dict[str, Any]:
+    """Write versions.jsonl from `blocks` (whole lines, `count` of them) durably and atomically; its
+    `version_list` record for the manifest (section 4a)."""
+    digest, size = hashlib.sha256(), 0
+    with atomic_path(archive_dir / VERSION_LIST) as tmp, tmp.open("wb") as out:
+        for block in blocks:
+            out.write(block)
+            digest.update(block)
+            size += len(block)
+    return {"path": VERSION_LIST, "entries": count, "size": size, "sha256": digest.hexdigest()}
 
 
 def write_signed(archive_dir: Path, manifest: dict[str, Any], signing_key: Ed25519PrivateKey) -> str:
-    """Write manifest.json then manifest.sig, each atomically; returns the manifest's SHA-256."""
-    return write_signed_bytes(archive_dir, canonical_json(manifest), signing_key)
-
-
-def write_signed_bytes(archive_dir: Path, data: bytes | bytearray, signing_key: Ed25519PrivateKey) -> str:
-    """Write `data` (a manifest's canonical JSON) as manifest.json, then its manifest.sig."""
+    """Write manifest.json (canonical JSON) then manifest.sig, each atomically; returns the manifest's SHA-256."""
+    data = canonical_json(manifest)
     signature = {"alg": "Ed25519", "fingerprint": fingerprint(signing_key.public_key()),
                  "signature": base64.b64encode(signing_key.sign(data)).decode()}
     with atomic_path(archive_dir / MANIFEST) as tmp:

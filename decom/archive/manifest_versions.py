@@ -1,15 +1,14 @@
-"""The manifest's `versions` held as Arrow columns while it is written, not as a dict per version.
+"""The archive's versions held as Arrow columns while versions.jsonl is written, not as a dict per version.
 
-A dict per version costs ~1 KB with its strings, and json.dumps of the whole manifest adds the text
-on top. As columns a version takes ~100 bytes: the parts' sidecars are parsed by Arrow, sorted by
-Arrow, and the entries rendered a batch at a time into the manifest's bytes, which must be whole in
-memory for Ed25519 (about 180 bytes a version). The bytes are exactly those of
-canonical_json(build_manifest(...)) for the same entries: tests/test_manifest_writer.py compares them.
+A dict per version costs ~1 KB with its strings. As columns a version takes ~100 bytes: the parts'
+sidecars are parsed by Arrow, sorted by Arrow, and the entries rendered and written a batch at a
+time. The bytes are exactly those write_manifest writes from dicts for the same entries, and the
+Merkle root the same: tests/test_manifest_writer.py compares them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from decom.archive.keys import canonical_json
-from decom.archive.manifest import MerkleRoot, leaf_of
+from decom.archive.manifest import MerkleRoot, leaf_of, write_version_list
 
 SCHEMA = pa.schema([("document_id", pa.string()), ("version_id", pa.string()), ("missing", pa.bool_()),
                     ("size", pa.int64()), ("sha256", pa.string()), ("part", pa.string()),
@@ -52,32 +50,24 @@ def _columns(versions: pa.Table, order: pa.Array, names: list[str]) -> Iterator[
         yield [batch.column(name).to_pylist() for name in names]
 
 
-def merkle_root(versions: pa.Table, order: pa.Array) -> str:
-    root = MerkleRoot()
-    for documents, ids, missing, hashes in _columns(versions, order, ["document_id", "version_id", "missing",
-                                                                       "sha256"]):
-        root.add_leaves([leaf_of(document, version, None if gone else sha)
-                         for document, version, gone, sha in zip(documents, ids, missing, hashes, strict=True)])
-    return root.hexdigest()
-
-
-def render(head: Mapping[str, Any], versions: pa.Table, order: pa.Array) -> bytearray:
-    """Canonical JSON of `head` with `versions` (in `order`) added under the key "versions", which sorts
-    after every other key of a manifest, so the entries can be appended at the end of the object.
-    Each entry is its canonical JSON: keys in code point order, strings escaped as json.dumps does
-    with ensure_ascii=False."""
-    if not head or max(head) >= "versions":
-        raise ValueError("the manifest's other keys must sort before 'versions'")
-    data = bytearray(canonical_json(dict(head))[:-1])
-    data += b',"versions":['
+def lines(versions: pa.Table, order: pa.Array, root: MerkleRoot) -> Iterator[bytes]:
+    """versions.jsonl's bytes, a batch of entries at a time, in `order`: each entry's canonical JSON
+    (keys in code point order, strings escaped as json.dumps does with ensure_ascii=False) and "\\n".
+    Each entry's Merkle leaf is added to `root` as its batch is rendered."""
     text = encode_basestring
-    for start, columns in zip(range(0, len(order), BATCH), _columns(versions, order, SCHEMA.names), strict=True):
-        entries = [f'{{"document_id":{text(d)},"missing":true,"version_id":{text(v)}}}' if gone else
-                   f'{{"chunks":{c},"document_id":{text(d)},"part":{text(p)},"sha256":{text(s)},"size":{z},'
-                   f'"version_id":{text(v)}}}'
-                   for d, v, gone, z, s, p, c in zip(*columns, strict=True)]
-        if start:
-            data += b","
-        data += ",".join(entries).encode()
-    data += b"]}"
-    return data
+    for d_ids, v_ids, missing, sizes, hashes, parts, chunks in _columns(versions, order, SCHEMA.names):
+        root.add_leaves([leaf_of(d, v, None if gone else s)
+                         for d, v, gone, s in zip(d_ids, v_ids, missing, hashes, strict=True)])
+        yield "".join(
+            f'{{"document_id":{text(d)},"missing":true,"version_id":{text(v)}}}\n' if gone else
+            f'{{"chunks":{c},"document_id":{text(d)},"part":{text(p)},"sha256":{text(s)},"size":{z},'
+            f'"version_id":{text(v)}}}\n'
+            for d, v, gone, z, s, p, c in zip(d_ids, v_ids, missing, sizes, hashes, parts, chunks, strict=True)
+        ).encode()
+
+
+def write(archive_dir: Path, versions: pa.Table, order: pa.Array) -> tuple[dict[str, Any], str]:
+    """Write versions.jsonl for `versions` in `order`: (its version_list record, the Merkle root)."""
+    root = MerkleRoot()
+    record = write_version_list(archive_dir, lines(versions, order, root), len(order))
+    return record, root.hexdigest()

@@ -26,22 +26,17 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from decom.archive.keys import fingerprint
 from decom.archive.manifest import FORMAT, MANIFEST, SIGNATURE, manifest_bytes, not_a_manifest, signature_problem
-from decom.archive.manifest_index import entries, split_versions
+from decom.archive.manifest_index import split_versions
 from decom.archive.pme import ArchiveKeyError, open_encrypted, read_all
 from decom.archive.verify import check_signer
-from decom.errors import UserError
+from decom.archive.version_list import checked_entries
+from decom.errors import ArchiveIntegrityError, UserError
 from decom.fileio import fsync_dir
 from decom.progress import QUIET, Progress
 
 NAME_BYTES = 200
 DATA_BATCH_ROWS = 65_536  # rows of a data file read at once (content parts keep read_all's 64)
 _TMP = ".restore-tmp-"
-
-
-class ArchiveIntegrityError(UserError):
-    """The archive does not match its signed manifest: nothing unverified is restored. Exit 1."""
-
-    exit_code = 1
 
 
 def safe_name(text: object, fallback: str) -> str:
@@ -111,11 +106,9 @@ class _Archive:
         self.files = {f["path"]: f for f in self.manifest.get("files", []) if isinstance(f, dict)}
 
     def versions(self) -> Iterator[dict[str, Any]]:
-        """The manifest's version entries, decoded one at a time (a dict each only while looked at)."""
-        if self._versions_at is not None:
-            for entry, _ in entries(self._text, self._versions_at):
-                if isinstance(entry, dict):
-                    yield entry
+        """The archive's version entries, decoded one at a time (a dict each only while looked at);
+        ArchiveIntegrityError once read to the end if the list is not the one the manifest signs."""
+        yield from checked_entries(self.dir, self.manifest, self._text, self._versions_at)
 
     def forget_versions(self) -> None:
         self._text, self._versions_at = "", None

@@ -45,15 +45,24 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from decom.archive.filehash import sha256_files
 from decom.archive.keys import fingerprint
-from decom.archive.manifest import FORMAT, MANIFEST, SIGNATURE, MerkleRoot, signature_problem
-from decom.archive.manifest_index import ExpectedIndex, entries, split_versions
+from decom.archive.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    SIGNATURE,
+    VERSION_LIST,
+    MerkleRoot,
+    signature_problem,
+)
+from decom.archive.manifest_index import ExpectedIndex, split_versions
 from decom.archive.pme import ArchiveKeyError, open_encrypted
 from decom.archive.verify_files import Expected, check_file, footer_findings, version_name
+from decom.archive.version_list import NOT_JSON, version_source
 from decom.errors import UserError
 from decom.memory import release_free_memory
 from decom.progress import QUIET, Progress
 
-FORMAT_VERSION = 1
+FORMAT_VERSIONS = (1, FORMAT_VERSION)   # version 1 archives (versions inside manifest.json) stay readable
 _CONTENT_PATH = re.compile(r"content/part-[0-9]{6}\.parquet")
 _DATA_PATH = re.compile(r"data/([A-Za-z0-9_][A-Za-z0-9._-]*)\.parquet")
 _SIGNER_FP = re.compile(r"ed25519:[0-9a-f]{64}")
@@ -113,6 +122,7 @@ class _Verifier:
         self.versions_at: int | None = None          # where its versions array starts in `text`
         self.expected = ExpectedIndex()              # what each content part must hold, as Arrow columns
         self.missing_versions: set[tuple[str, str]] = set()
+        self.version_file: str | None = None         # versions.jsonl (format version 2), once it is known
 
     def problem(self, file: str, what: str, kind: str) -> None:
         self.result.problems.append(Problem(file, what, kind))
@@ -169,9 +179,9 @@ class _Verifier:
 
     def structure(self) -> None:
         m = self.manifest
-        if m.get("format_version") != FORMAT_VERSION:
+        if m.get("format_version") not in FORMAT_VERSIONS:
             self.problem(MANIFEST, f"format_version is {m.get('format_version')!r}; this verifier reads "
-                                   f"version {FORMAT_VERSION}", "manifest")
+                                   f"versions {' and '.join(map(str, FORMAT_VERSIONS))}", "manifest")
         if not isinstance(m.get("archive_id"), str) or not m.get("archive_id"):
             self.problem(MANIFEST, "archive_id is missing", "manifest")
         files = m.get("files")
@@ -211,46 +221,62 @@ class _Verifier:
             self.files.append(entry)
 
     def version_list(self) -> None:
-        if self.versions_at is None:
+        if self.manifest.get("format_version") == FORMAT_VERSION:
+            self.version_file = VERSION_LIST  # part of the archive even when the manifest's record of it is bad
+        if self.manifest.get("format_version") == 1 and self.versions_at is None:
             self.problem(MANIFEST, "versions is missing or not a list", "manifest")
             return
+        try:
+            source = version_source(self.archive, self.manifest, self.text, self.versions_at)
+        except ValueError as exc:
+            if self.manifest.get("format_version") in FORMAT_VERSIONS:  # else structure() said so already
+                self.problem(MANIFEST, str(exc), "manifest")
+            return
+        self.text = ""  # the source holds it until read: then it goes, before the index is sorted
         content_paths = {f["path"] for f in self.files if f.get("kind") == "content"}
         previous: tuple[str, str] | None = None
         merkle: MerkleRoot | None = MerkleRoot()
         count = 0
-        for index, (v, _) in enumerate(entries(self.text, self.versions_at)):  # one entry at a time
+        for index, v in enumerate(source.entries()):  # one entry at a time
             count += 1
             try:
                 if merkle is not None:
                     merkle.add(v)
             except (KeyError, TypeError, AttributeError):
                 merkle = None  # reported below as a malformed entry
-            where = f"versions[{index}]"
+            where = source.where(index)
+            if v is NOT_JSON:
+                self.problem(source.file, f"{where} is not valid JSON (altered or bit flip)", "manifest")
+                continue
             if not isinstance(v, dict) or not isinstance(v.get("document_id"), str) \
                     or not isinstance(v.get("version_id"), str):
-                self.problem(MANIFEST, f"{where} lacks document_id or version_id", "manifest")
+                self.problem(source.file, f"{where} lacks document_id or version_id", "manifest")
                 continue
             key = (v["document_id"], v["version_id"])
             if previous is not None and key <= previous:
-                self.problem(MANIFEST, f"{where} ({version_name(key)}) is out of order or repeated: versions must be "
-                                       "sorted by (document_id, version_id)", "manifest")
+                self.problem(source.file, f"{where} ({version_name(key)}) is out of order or repeated: versions "
+                                          "must be sorted by (document_id, version_id)", "manifest")
             previous = key
             if v.get("missing"):
                 self.missing_versions.add(key)
                 continue
             if not _HEX64.fullmatch(str(v.get("sha256"))) or not isinstance(v.get("size"), int) \
                     or not isinstance(v.get("chunks"), int):
-                self.problem(MANIFEST, f"{where} ({version_name(key)}) lacks a valid sha256, size or chunks",
+                self.problem(source.file, f"{where} ({version_name(key)}) lacks a valid sha256, size or chunks",
                              "manifest")
                 continue
             if v.get("part") not in content_paths:
-                self.problem(MANIFEST, f"{where} ({version_name(key)}) is assigned to {v.get('part')!r}, which is "
-                                       "not a listed content file", "manifest")
+                self.problem(source.file, f"{where} ({version_name(key)}) is assigned to {v.get('part')!r}, which "
+                                          "is not a listed content file", "manifest")
                 continue
             self.expected.add(v["part"], key, Expected(v["sha256"], v["size"], v["chunks"]))
-        self.text = ""  # before the index is sorted: the text is as large as the index
         self.expected.finish()
         self.result.checked["versions"] = count
+        found = source.findings()
+        for file, what, kind in found:
+            self.problem(file, what, kind)
+        if any(kind == "missing" for _, _, kind in found):
+            return  # nothing was read: the counts and the root below would only repeat that
         table = next((f for f in self.files if f.get("path") == VERSIONS_FILE), None)
         if table is not None and table.get("rows") != count:
             self.problem(MANIFEST, f"versions lists {count} version(s) but {VERSIONS_FILE} holds {table.get('rows')} "
@@ -305,7 +331,7 @@ class _Verifier:
                                    "edited, or a file from another archive)", "sha256")
 
     def untracked(self) -> None:
-        listed = {f["path"] for f in self.files} | {MANIFEST, SIGNATURE}
+        listed = {f["path"] for f in self.files} | {MANIFEST, SIGNATURE} | ({self.version_file} - {None})
         base = os.fspath(self.archive)
         for root, dirs, names in os.walk(base):
             dirs.sort()

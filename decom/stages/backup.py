@@ -92,7 +92,7 @@ def _snapshot(ctx: StageContext) -> dict[str, Any]:
 
 def _manifest(ctx: StageContext) -> dict[str, Any]:
     from decom.archive import manifest_versions
-    from decom.archive.manifest import manifest_head, write_signed_bytes
+    from decom.archive.manifest import manifest_head, write_signed
     from decom.memory import release_free_memory
 
     for done_with in ("parts", "inventory_hashes"):  # the content parts' lookups: ~100 bytes a version
@@ -119,8 +119,8 @@ def _manifest(ctx: StageContext) -> dict[str, Any]:
         source=ctx.plan.source_url_redacted(), freeze=content.freeze_point(ctx), signer=signing_key.public_key(),
         recipients=opened["recipients"], files=files,
         counts={out["entity"]: out["rows"] for step, out in steps if step.startswith("data:")})
-    head["merkle_root"] = manifest_versions.merkle_root(versions, order)
-    digest = write_signed_bytes(archive, manifest_versions.render(head, versions, order), signing_key)
+    head["version_list"], head["merkle_root"] = manifest_versions.write(archive, versions, order)
+    digest = write_signed(archive, head, signing_key)  # after versions.jsonl is durable: it signs its hash
     record = ctx.stage_dir / "archive.json"
     summary = {"archive_id": opened["archive_id"], "archive_dir": str(archive), "manifest_sha256": digest,
                "merkle_root": head["merkle_root"], "signer": head["signer"]["fingerprint"],

@@ -75,6 +75,7 @@ def content_source_name(ctx: StageContext) -> str:
 def content_hashes(ctx: StageContext) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
     """(version_id -> {sha256, missing}, the archive or None) from the backup if it ran, else the inventory."""
     from decom.archive.manifest import read_manifest
+    from decom.archive.version_list import checked_entries
 
     backup = backup_record(ctx)
     if backup is not None:
@@ -84,7 +85,7 @@ def content_hashes(ctx: StageContext) -> tuple[dict[str, dict[str, Any]], dict[s
             raise UserError(f"the manifest of archive {record['archive_id']} in {record['archive_dir']} is not the one "
                             f"backup stage {stage!r} wrote (SHA-256 differs); verify the archive with `decom verify`")
         versions = {str(v["version_id"]): {"sha256": v.get("sha256"), "missing": bool(v.get("missing"))}
-                    for v in manifest["versions"]}
+                    for v in checked_entries(Path(record["archive_dir"]), manifest)}
         return versions, {"archive_id": record["archive_id"], "manifest_sha256": record["manifest_sha256"],
                           "backup_stage": stage}
     hashes: dict[str, dict[str, Any]] = {}
