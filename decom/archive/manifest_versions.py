@@ -19,10 +19,12 @@ import pyarrow.json as pj
 
 from decom.archive.manifest import MerkleRoot, leaf_of, write_version_list
 
-SCHEMA = pa.schema([("document_id", pa.string()), ("version_id", pa.string()), ("missing", pa.bool_()),
+_ENTRY = pa.schema([("document_id", pa.string()), ("version_id", pa.string()), ("missing", pa.bool_()),
                     ("size", pa.int64()), ("sha256", pa.string()), ("part", pa.string()),
                     ("chunks", pa.int64())])
-_SIDECAR = pa.schema([("versions", pa.list_(pa.struct(list(SCHEMA))))])
+_SIDECAR = pa.schema([("versions", pa.list_(pa.struct(list(_ENTRY))))])
+# The part's path, the same for every version of a part, as a dictionary: 31 bytes less a version
+SCHEMA = _ENTRY.set(5, pa.field("part", pa.dictionary(pa.int32(), pa.string())))
 BATCH = 8192
 
 
@@ -33,8 +35,23 @@ def read_part_versions(sidecar: Path) -> pa.Table:
     table = pj.read_json(pa.py_buffer(data), read_options=pj.ReadOptions(block_size=len(data) + 1),
                          parse_options=pj.ParseOptions(explicit_schema=_SIDECAR, unexpected_field_behavior="ignore"))
     entries = pc.list_flatten(table.column("versions")).combine_chunks()
-    versions = pa.Table.from_arrays(entries.flatten(), schema=SCHEMA)
+    versions = pa.Table.from_arrays(entries.flatten(), schema=_ENTRY)
+    versions = versions.set_column(5, SCHEMA.field("part"), pc.dictionary_encode(versions.column("part")))
     return versions.set_column(2, "missing", pc.fill_null(versions.column("missing"), False))
+
+
+def concat_contiguous(tables: list[pa.Table]) -> pa.Table:
+    """The tables (of SCHEMA) as one, each column in one chunk (taking rows in sorted order from 20
+    chunks concatenated them again for every batch). Made a column at a time, letting each column's
+    chunks go as soon as it is copied, and emptying `tables`: combine_chunks of the whole table held
+    every version twice (~130 MB more at 1,000,000 versions, the backup's peak)."""
+    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    tables.clear()
+    columns = []
+    for name in SCHEMA.names:
+        columns.append(table.column(name).combine_chunks())
+        table = table.drop_columns([name])
+    return pa.Table.from_arrays(columns, schema=SCHEMA)
 
 
 def sort_order(versions: pa.Table) -> pa.Array:

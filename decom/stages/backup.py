@@ -108,9 +108,7 @@ def _manifest(ctx: StageContext) -> dict[str, Any]:
     content.remove_untracked(archive, {f["path"] for f in files})
     parts = [manifest_versions.read_part_versions(ctx.state_dir / out["file"])
              for step, out in steps if step.startswith("content:")]
-    # one chunk: taking rows in sorted order from 20 chunks concatenated them again for every batch
-    versions = pa.concat_tables(parts).combine_chunks() if parts else manifest_versions.SCHEMA.empty_table()
-    del parts
+    versions = manifest_versions.concat_contiguous(parts)
     order = manifest_versions.sort_order(versions)
     signing_key = content.signing_key(ctx)
     head = manifest_head(
