@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from decom.archive.manifest import FORMAT_VERSION, MANIFEST, VERSION_LIST
+from decom.archive.manifest import FORMAT_VERSION, MANIFEST, VERSION_LIST, read_manifest
 from decom.archive.manifest_index import entries
 from decom.errors import ArchiveIntegrityError
 
@@ -179,7 +179,5 @@ def checked_entries(archive_dir: Path, head: Mapping[str, Any], text: str = "", 
 def archive_versions(archive_dir: Path) -> list[dict[str, Any]]:
     """Every version entry of an archive, either format version, checked against the manifest's record
     of the list (the manifest's signature is not checked here: decom verify does that)."""
-    from decom.archive.manifest import read_manifest
-
     manifest, _ = read_manifest(archive_dir)
     return list(checked_entries(archive_dir, manifest))
