@@ -5,6 +5,8 @@ whatever the ids hold and however the parts listed them."""
 
 from __future__ import annotations
 
+import hashlib
+import runpy
 import string
 import tempfile
 from pathlib import Path
@@ -62,3 +64,19 @@ def test_batch_boundaries_change_nothing(count: int, tmp_path: Path) -> None:
                 {"document_id": f"d{i % 977:04d}", "version_id": f"v{i}", "missing": True}
                 for i in range(count, 0, -1)]
     assert _columnar(versions, 3, tmp_path) == _reference(versions)
+
+
+@pytest.mark.parametrize("count", [0, 1, 8191, 8192, 8193, 2 * 8192 + 5, 3 * 8192 + 1])
+@pytest.mark.parametrize("batch", [1, 7, 5000, 8192, 20_000])
+def test_the_merkle_root_does_not_depend_on_how_leaves_are_batched(count: int, batch: int) -> None:
+    """Leaves wait until a whole subtree of 8,192 can be reduced at once; the root must be the one
+    section 7 defines (tools/verify_archive.py computes it level by level, as written there)."""
+    tool = runpy.run_path(str(Path(__file__).resolve().parent.parent / "tools" / "verify_archive.py"))
+    versions = [{"document_id": f"d{i}", "version_id": "v", "sha256": f"{i:064x}"} for i in range(count)]
+    leaves = [hashlib.sha256(f"decom-leaf\x00d{i}\x00v\x00{i:064x}".encode()).digest() for i in range(count)]
+    root = MerkleRoot()
+    for start in range(0, count, batch):
+        root.add_leaves(leaves[start:start + batch])
+        if start == batch:   # the root asked for midway places the waiting leaves; adding goes on after
+            assert root.hexdigest() == tool["merkle"](versions[:start + batch])
+    assert root.hexdigest() == tool["merkle"](versions)

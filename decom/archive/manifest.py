@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -42,40 +43,49 @@ def _node(left: bytes, right: bytes) -> bytes:
 
 
 class MerkleRoot:
-    """Section 7's root built as leaves arrive, holding one node per level (log2 n of them).
+    """Section 7's root built as leaves arrive, holding one node per level (log2 n of them) and at
+    most SUBTREE leaves not yet placed.
 
     The section pairs a level's nodes left to right and moves an odd last node up unpaired; merging
-    equal-height subtrees as they complete, then the rest right to left, gives the same tree.
+    equal-height subtrees as they complete, then the rest right to left, gives the same tree. Leaves
+    wait in `_pending` until SUBTREE of them make a complete subtree, which is reduced level by level
+    in one go (what adding them one by one would build, at a fraction of the cost), so callers may
+    add leaves in batches of any size; the rest are placed one by one when the root is asked for.
     """
 
-    SUBTREE = 1 << 13  # add_leaves reduces whole aligned runs of this many leaves level by level
+    SUBTREE = 1 << 13
 
     def __init__(self) -> None:
         self._stack: list[tuple[int, bytes]] = []   # (height, node), heights strictly decreasing
-        self._count = 0
+        self._count = 0                             # leaves placed on the stack
+        self._pending: list[bytes] = []
 
     def add(self, version: dict[str, Any]) -> None:
         """Add the leaf of one manifest entry; KeyError/TypeError when it lacks what a leaf needs."""
-        self._push(_leaf(version), 0)
-        self._count += 1
+        self.add_leaves([_leaf(version)])
 
     def add_leaves(self, leaves: list[bytes]) -> None:
-        """Add leaves (section 7's, in manifest order). A run of SUBTREE leaves starting at a multiple
-        of SUBTREE is a complete subtree of the final tree: it is reduced in one go, which is what
-        adding its leaves one by one would build."""
-        at = 0
-        while at < len(leaves):
-            if self._count % self.SUBTREE == 0 and len(leaves) - at >= self.SUBTREE:
-                level = leaves[at:at + self.SUBTREE]
-                while len(level) > 1:
-                    level = [_node(level[i], level[i + 1]) for i in range(0, len(level), 2)]
-                self._push(level[0], self.SUBTREE.bit_length() - 1)
-                at += self.SUBTREE
-                self._count += self.SUBTREE
-            else:
-                self._push(leaves[at], 0)
-                at += 1
-                self._count += 1
+        """Add leaves (section 7's, in list order)."""
+        pending = self._pending
+        pending.extend(leaves)
+        at, size = 0, self.SUBTREE
+        while self._count % size and at < len(pending):   # after _place_pending: align to a subtree
+            self._push(pending[at], 0)
+            at, self._count = at + 1, self._count + 1
+        while len(pending) - at >= size:
+            level, at = pending[at:at + size], at + size
+            while len(level) > 1:
+                level = [sha256(b"decom-node\x00" + left + right).digest()
+                         for left, right in zip(level[::2], level[1::2], strict=True)]
+            self._push(level[0], size.bit_length() - 1)
+            self._count += size
+        del pending[:at]
+
+    def _place_pending(self) -> None:
+        for leaf in self._pending:
+            self._push(leaf, 0)
+            self._count += 1
+        self._pending.clear()
 
     def _push(self, node: bytes, height: int) -> None:
         while self._stack and self._stack[-1][0] == height:
@@ -83,12 +93,19 @@ class MerkleRoot:
         self._stack.append((height, node))
 
     def hexdigest(self) -> str:
+        self._place_pending()
         if not self._stack:
             return hashlib.sha256(b"decom-empty").hexdigest()
         node = self._stack[-1][1]
         for _, left in reversed(self._stack[:-1]):
             node = _node(left, node)
         return node.hex()
+
+
+def leaves_of(documents: list[str], versions: list[str], missing: list[bool], hashes: list[str | None]) -> list[bytes]:
+    """Section 7's leaves of versions given as columns (`missing` true: the content was missing)."""
+    return [sha256(f"decom-leaf\x00{d}\x00{v}\x00{'missing' if gone else h}".encode()).digest()
+            for d, v, gone, h in zip(documents, versions, missing, hashes, strict=True)]
 
 
 def merkle_root(versions: list[dict[str, Any]]) -> str:

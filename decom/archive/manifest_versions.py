@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from decom.archive.manifest import MerkleRoot, leaf_of, write_version_list
+from decom.archive.manifest import MerkleRoot, leaves_of, write_version_list
 
 _ENTRY = pa.schema([("document_id", pa.string()), ("version_id", pa.string()), ("missing", pa.bool_()),
                     ("size", pa.int64()), ("sha256", pa.string()), ("part", pa.string()),
@@ -73,8 +73,7 @@ def lines(versions: pa.Table, order: pa.Array, root: MerkleRoot) -> Iterator[byt
     Each entry's Merkle leaf is added to `root` as its batch is rendered."""
     text = encode_basestring
     for d_ids, v_ids, missing, sizes, hashes, parts, chunks in _columns(versions, order, SCHEMA.names):
-        root.add_leaves([leaf_of(d, v, None if gone else s)
-                         for d, v, gone, s in zip(d_ids, v_ids, missing, hashes, strict=True)])
+        root.add_leaves(leaves_of(d_ids, v_ids, missing, hashes))
         yield "".join(
             f'{{"document_id":{text(d)},"missing":true,"version_id":{text(v)}}}\n' if gone else
             f'{{"chunks":{c},"document_id":{text(d)},"part":{text(p)},"sha256":{text(s)},"size":{z},'
