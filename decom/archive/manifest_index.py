@@ -114,6 +114,16 @@ class ExpectedIndex:
         if len(self._columns[0]) >= self._FLUSH:
             self._flush()
 
+    def add_batches(self, batches: list[pa.RecordBatch]) -> None:
+        """Add versions already as columns (SCHEMA's names and types), as version_scan.py reads them;
+        empties `batches`, so that only the index holds them when it is sorted."""
+        self._flush()
+        at = self.SCHEMA.get_field_index("sha256")
+        while batches:
+            batch = batches.pop(0)
+            digests = pa.array(map(bytes.fromhex, batch.column(at).to_pylist()), pa.binary(32), size=batch.num_rows)
+            self._batches.append(batch.set_column(at, self.SCHEMA.field(at), digests).cast(self.SCHEMA))
+
     def _flush(self) -> None:
         if self._columns[0]:
             self._batches.append(pa.RecordBatch.from_arrays(

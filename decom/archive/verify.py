@@ -57,7 +57,8 @@ from decom.archive.manifest import (
 from decom.archive.manifest_index import ExpectedIndex, split_versions
 from decom.archive.pme import ArchiveKeyError, open_encrypted
 from decom.archive.verify_files import Expected, check_file, footer_findings, version_name
-from decom.archive.version_list import NOT_JSON, version_source
+from decom.archive.version_list import NOT_JSON, VersionSource, version_source
+from decom.archive.version_scan import scan
 from decom.errors import UserError
 from decom.memory import release_free_memory
 from decom.progress import QUIET, Progress
@@ -101,6 +102,17 @@ def check_signer(signer: Ed25519PublicKey | str) -> Ed25519PublicKey | str:
         raise UserError(f"signer fingerprint {signer!r} is not of the form ed25519:<64 hex digits> "
                         "(the decommission report and the journal print it)")
     return text
+
+
+def _is_text(value: Any) -> bool:
+    """A string that can be written as UTF-8 (json.loads lets a lone surrogate such as "\\ud800" through)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _safe_path(path: str) -> bool:
@@ -234,6 +246,36 @@ class _Verifier:
             return
         self.text = ""  # the source holds it until read: then it goes, before the index is sorted
         content_paths = {f["path"] for f in self.files if f.get("kind") == "content"}
+        scanned = scan(self.archive, self.manifest["version_list"], content_paths, self.full) \
+            if source.file == VERSION_LIST else None
+        root: str | None
+        if scanned is not None:  # the file as recorded, every entry well-formed (version_scan.py)
+            count, root, found = scanned.count, scanned.root, []
+            if self.full:
+                self.expected.add_batches(scanned.index)
+                self.missing_versions = scanned.missing
+        else:
+            count, root = self.entries(source, content_paths)
+            found = source.findings()
+        self.expected.finish()
+        self.result.checked["versions"] = count
+        for file, what, kind in found:
+            self.problem(file, what, kind)
+        if any(kind == "missing" for _, _, kind in found):
+            return  # nothing was read: the counts and the root below would only repeat that
+        table = next((f for f in self.files if f.get("path") == VERSIONS_FILE), None)
+        if table is not None and table.get("rows") != count:
+            self.problem(MANIFEST, f"versions lists {count} version(s) but {VERSIONS_FILE} holds {table.get('rows')} "
+                                   "row(s): each version row must have exactly one entry", "manifest")
+        if root is None:
+            return
+        if root != self.manifest.get("merkle_root"):
+            self.problem(MANIFEST, f"merkle_root {self.manifest.get('merkle_root')!r} does not match the root "
+                                   f"{root} recomputed from versions", "manifest")
+
+    def entries(self, source: VersionSource, content_paths: set[str]) -> tuple[int, str | None]:
+        """Read the list entry by entry, reporting each malformed one: (entries, Merkle root or None
+        when an entry lacks what a leaf needs)."""
         previous: tuple[str, str] | None = None
         merkle: MerkleRoot | None = MerkleRoot()
         count = 0
@@ -242,15 +284,14 @@ class _Verifier:
             try:
                 if merkle is not None:
                     merkle.add(v)
-            except (KeyError, TypeError, AttributeError):
-                merkle = None  # reported below as a malformed entry
+            except (KeyError, TypeError, AttributeError, ValueError):
+                merkle = None  # reported below as a malformed entry (ValueError: an id not UTF-8 encodable)
             where = source.where(index)
             if v is NOT_JSON:
                 self.problem(source.file, f"{where} is not valid JSON (altered or bit flip)", "manifest")
                 continue
-            if not isinstance(v, dict) or not isinstance(v.get("document_id"), str) \
-                    or not isinstance(v.get("version_id"), str):
-                self.problem(source.file, f"{where} lacks document_id or version_id", "manifest")
+            if not isinstance(v, dict) or not _is_text(v.get("document_id")) or not _is_text(v.get("version_id")):
+                self.problem(source.file, f"{where} lacks document_id or version_id (as Unicode text)", "manifest")
                 continue
             key = (v["document_id"], v["version_id"])
             if previous is not None and key <= previous:
@@ -266,29 +307,13 @@ class _Verifier:
                 self.problem(source.file, f"{where} ({version_name(key)}) lacks a valid sha256, size or chunks",
                              "manifest")
                 continue
-            if v.get("part") not in content_paths:
+            if not isinstance(v.get("part"), str) or v["part"] not in content_paths:
                 self.problem(source.file, f"{where} ({version_name(key)}) is assigned to {v.get('part')!r}, which "
                                           "is not a listed content file", "manifest")
                 continue
             if self.full:  # only the content checks read the index: a quick run keeps no entry
                 self.expected.add(v["part"], key, Expected(v["sha256"], v["size"], v["chunks"]))
-        self.expected.finish()
-        self.result.checked["versions"] = count
-        found = source.findings()
-        for file, what, kind in found:
-            self.problem(file, what, kind)
-        if any(kind == "missing" for _, _, kind in found):
-            return  # nothing was read: the counts and the root below would only repeat that
-        table = next((f for f in self.files if f.get("path") == VERSIONS_FILE), None)
-        if table is not None and table.get("rows") != count:
-            self.problem(MANIFEST, f"versions lists {count} version(s) but {VERSIONS_FILE} holds {table.get('rows')} "
-                                   "row(s): each version row must have exactly one entry", "manifest")
-        root = merkle.hexdigest() if merkle is not None else None
-        if root is None:
-            return
-        if root != self.manifest.get("merkle_root"):
-            self.problem(MANIFEST, f"merkle_root {self.manifest.get('merkle_root')!r} does not match the root "
-                                   f"{root} recomputed from versions", "manifest")
+        return count, merkle.hexdigest() if merkle is not None else None
 
     # --- the files on disk ---------------------------------------------------------------------------
 
