@@ -1,7 +1,9 @@
 """Verify an archive without the source system: docs/archive-format.md section 8.
 
 Quick (no key needed): the signature against a signer key trusted from elsewhere, every listed file
-present with its size and SHA-256, nothing unlisted, `seq` 1..n, the Merkle root over `versions`.
+present with its size and SHA-256, nothing unlisted, `seq` 1..n, versions.jsonl as the manifest
+records it (its entries well-formed and in order: version_scan.py, else version_list.py entry by
+entry to name a fault) and the Merkle root over them (format version 1: the `versions` array).
 With a recipient's private key also every footer (which proves the file's key binding) and its row
 count. Full (key needed): every page decrypted (its AES-GCM tag checked), every chunk hash, every
 version reassembled and compared with the manifest, and every content part holding exactly the
@@ -11,7 +13,8 @@ Every problem names the file it is about (relative to the archive; "-" for the a
 and has a kind, for scripts:
 
     signature    manifest.sig missing, damaged, by another key, or not matching manifest.json
-    manifest     manifest.json damaged or inconsistent (seq, paths, versions, Merkle root)
+    manifest     manifest.json damaged or inconsistent (seq, paths, versions, Merkle root), or an
+                 entry of versions.jsonl malformed
     missing      a listed file is not there
     untracked    a file is there that the manifest does not list
     size, sha256 a file's bytes differ from what the manifest records
