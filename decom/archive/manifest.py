@@ -27,19 +27,18 @@ MANIFEST, SIGNATURE, VERSION_LIST = "manifest.json", "manifest.sig", "versions.j
 FORMAT, FORMAT_VERSION = "decom-archive", 2
 
 
+_NODE = b"decom-node\x00"   # section 7: node = SHA-256(_NODE + left + right)
+
+
 def _leaf(version: dict[str, Any]) -> bytes:
-    return leaf_of(version["document_id"], version["version_id"],
-                    None if version.get("missing") else str(version["sha256"]))
-
-
-def leaf_of(document_id: str, version_id: str, sha256: str | None) -> bytes:
-    """Section 7's leaf; `sha256` None for a version whose content is missing."""
-    text = f"decom-leaf\x00{document_id}\x00{version_id}\x00{'missing' if sha256 is None else sha256}"
-    return hashlib.sha256(text.encode()).digest()
+    """Section 7's leaf of one manifest entry; KeyError/TypeError when it lacks what a leaf needs."""
+    gone = bool(version.get("missing"))
+    return leaves_of([version["document_id"]], [version["version_id"]], [gone],
+                     [None if gone else str(version["sha256"])])[0]
 
 
 def _node(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"decom-node\x00" + left + right).digest()
+    return sha256(_NODE + left + right).digest()
 
 
 class MerkleRoot:
@@ -75,7 +74,7 @@ class MerkleRoot:
         while len(pending) - at >= size:
             level, at = pending[at:at + size], at + size
             while len(level) > 1:
-                level = [sha256(b"decom-node\x00" + left + right).digest()
+                level = [sha256(_NODE + left + right).digest()   # _node inlined: 1,000,000 calls
                          for left, right in zip(level[::2], level[1::2], strict=True)]
             self._push(level[0], size.bit_length() - 1)
             self._count += size
