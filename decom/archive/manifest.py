@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from hashlib import sha256
 from pathlib import Path
@@ -25,6 +26,18 @@ from decom.fileio import atomic_path
 
 MANIFEST, SIGNATURE, VERSION_LIST = "manifest.json", "manifest.sig", "versions.jsonl"
 FORMAT, FORMAT_VERSION = "decom-archive", 2
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")   # how the manifest writes every SHA-256 (fullmatch)
+
+
+def recorded_mismatch(size: int, digest: str, recorded_size: Any, recorded_sha256: Any) -> tuple[str, str] | None:
+    """(what, kind) when a file's size or SHA-256 differs from what the manifest records of it, else None."""
+    if size != recorded_size:
+        how = "truncated or replaced" if size < recorded_size else "longer than recorded (appended to or replaced)"
+        return f"{how}: {size} bytes on disk, the manifest says {recorded_size}", "size"
+    if digest != recorded_sha256:
+        return (f"SHA-256 {digest} does not match the manifest's {recorded_sha256} (bit flip, edited, or a file "
+                "from another archive)", "sha256")
+    return None
 
 
 _NODE = b"decom-node\x00"   # section 7: node = SHA-256(_NODE + left + right)

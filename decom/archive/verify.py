@@ -52,9 +52,11 @@ from decom.archive.manifest import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
+    SHA256_HEX,
     SIGNATURE,
     VERSION_LIST,
     MerkleRoot,
+    recorded_mismatch,
     signature_problem,
 )
 from decom.archive.manifest_index import ExpectedIndex, split_versions
@@ -70,7 +72,6 @@ FORMAT_VERSIONS = (1, FORMAT_VERSION)   # version 1 archives (versions inside ma
 _CONTENT_PATH = re.compile(r"content/part-[0-9]{6}\.parquet")
 _DATA_PATH = re.compile(r"data/([A-Za-z0-9_][A-Za-z0-9._-]*)\.parquet")
 _SIGNER_FP = re.compile(r"ed25519:[0-9a-f]{64}")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -222,7 +223,7 @@ class _Verifier:
             seen.add(path)
             bad = [key for key, kind in (("size", int), ("rows", int), ("sha256", str)) if
                    not isinstance(entry.get(key), kind) or isinstance(entry.get(key), bool)]
-            if bad or not _HEX64.fullmatch(str(entry.get("sha256"))):
+            if bad or not SHA256_HEX.fullmatch(str(entry.get("sha256"))):
                 self.problem(MANIFEST, f"{where} ({path}) lacks a valid {', '.join(bad) or 'sha256'}", "manifest")
                 continue
             kind, match = entry.get("kind"), _DATA_PATH.fullmatch(path)
@@ -305,7 +306,7 @@ class _Verifier:
                 if self.full:
                     self.missing_versions.add(key)
                 continue
-            if not _HEX64.fullmatch(str(v.get("sha256"))) or not isinstance(v.get("size"), int) \
+            if not SHA256_HEX.fullmatch(str(v.get("sha256"))) or not isinstance(v.get("size"), int) \
                     or not isinstance(v.get("chunks"), int):
                 self.problem(source.file, f"{where} ({version_name(key)}) lacks a valid sha256, size or chunks",
                              "manifest")
@@ -346,19 +347,15 @@ class _Verifier:
             self.result.checked["files"] += 1
             self.result.checked["rows"] += entry["rows"]
             self.result.checked["bytes"] += size
-            if digest == entry["sha256"] and size == entry["size"]:
+            mismatch = recorded_mismatch(size, str(digest), entry["size"], entry["sha256"])
+            if mismatch is None:
                 continue
             other = by_hash.get(str(digest))
             if other is not None and other != path:
                 self.problem(path, f"SHA-256 {digest} does not match the manifest's {entry['sha256']}; it is the "
                                    f"file the manifest lists as {other} (files swapped)", "sha256")
-            elif size != entry["size"]:
-                how = ("truncated or replaced" if size < entry["size"]
-                       else "longer than recorded (appended to or replaced)")
-                self.problem(path, f"{how}: {size} bytes on disk, the manifest says {entry['size']}", "size")
             else:
-                self.problem(path, f"SHA-256 {digest} does not match the manifest's {entry['sha256']} (bit flip, "
-                                   "edited, or a file from another archive)", "sha256")
+                self.problem(path, *mismatch)
 
     def untracked(self) -> None:
         listed = {f["path"] for f in self.files} | {MANIFEST, SIGNATURE} | ({self.version_file} - {None})

@@ -16,18 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from decom.archive.manifest import FORMAT_VERSION, MANIFEST, VERSION_LIST, read_manifest
+from decom.archive.manifest import FORMAT_VERSION, MANIFEST, SHA256_HEX, VERSION_LIST, read_manifest, recorded_mismatch
 from decom.archive.manifest_index import entries
 from decom.errors import ArchiveIntegrityError
 
 BLOCK = 1 << 20
 NOT_JSON = object()   # an entry (line) that does not decode: the caller reports it where it is
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 Finding = tuple[str, str, str]   # (file, what, kind), as decom verify reports it
@@ -113,12 +111,9 @@ class _Lines(VersionSource):
             raise RuntimeError("findings() before the entries were read to the end")
         size, sha256, lines = self._read
         record = self._record
-        if size != record["size"]:
-            how = "truncated or replaced" if size < record["size"] else "longer than recorded (appended to or replaced)"
-            return [(VERSION_LIST, f"{how}: {size} bytes on disk, the manifest says {record['size']}", "size")]
-        if sha256 != record["sha256"]:
-            return [(VERSION_LIST, f"SHA-256 {sha256} does not match the manifest's {record['sha256']} (bit flip, "
-                                   "edited, or the list of another archive)", "sha256")]
+        mismatch = recorded_mismatch(size, sha256, record["size"], record["sha256"])
+        if mismatch is not None:
+            return [(VERSION_LIST, *mismatch)]
         if lines != record["entries"]:
             return [(MANIFEST, f"version_list says {record['entries']} entries but {VERSION_LIST} has {lines} "
                                "line(s)", "manifest")]
@@ -137,7 +132,7 @@ def record_problem(record: Any) -> str | None:
     if not isinstance(record, dict) or record.get("path") != VERSION_LIST:
         return f"version_list is missing or does not name {VERSION_LIST}"
     bad = [key for key in ("entries", "size") if not isinstance(record.get(key), int) or isinstance(record[key], bool)]
-    if bad or not isinstance(record.get("sha256"), str) or not _HEX64.fullmatch(record["sha256"]):
+    if bad or not isinstance(record.get("sha256"), str) or not SHA256_HEX.fullmatch(record["sha256"]):
         return f"version_list lacks a valid {', '.join(bad) or 'sha256'}"
     return None
 
