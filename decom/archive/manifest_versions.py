@@ -19,12 +19,13 @@ import pyarrow.json as pj
 
 from decom.archive.manifest import MerkleRoot, leaves_of, write_version_list
 
-_ENTRY = pa.schema([("document_id", pa.string()), ("version_id", pa.string()), ("missing", pa.bool_()),
-                    ("size", pa.int64()), ("sha256", pa.string()), ("part", pa.string()),
-                    ("chunks", pa.int64())])
-_SIDECAR = pa.schema([("versions", pa.list_(pa.struct(list(_ENTRY))))])
+# One entry of versions.jsonl (and of a part's sidecar) as columns
+ENTRY_SCHEMA = pa.schema([("document_id", pa.string()), ("version_id", pa.string()), ("missing", pa.bool_()),
+                          ("size", pa.int64()), ("sha256", pa.string()), ("part", pa.string()),
+                          ("chunks", pa.int64())])
+_SIDECAR = pa.schema([("versions", pa.list_(pa.struct(list(ENTRY_SCHEMA))))])
 # The part's path, the same for every version of a part, as a dictionary: 31 bytes less a version
-SCHEMA = _ENTRY.set(5, pa.field("part", pa.dictionary(pa.int32(), pa.string())))
+SCHEMA = ENTRY_SCHEMA.set(5, pa.field("part", pa.dictionary(pa.int32(), pa.string())))
 BATCH = 8192
 
 
@@ -35,7 +36,7 @@ def read_part_versions(sidecar: Path) -> pa.Table:
     table = pj.read_json(pa.py_buffer(data), read_options=pj.ReadOptions(block_size=len(data) + 1),
                          parse_options=pj.ParseOptions(explicit_schema=_SIDECAR, unexpected_field_behavior="ignore"))
     entries = pc.list_flatten(table.column("versions")).combine_chunks()
-    versions = pa.Table.from_arrays(entries.flatten(), schema=_ENTRY)
+    versions = pa.Table.from_arrays(entries.flatten(), schema=ENTRY_SCHEMA)
     versions = versions.set_column(5, SCHEMA.field("part"), pc.dictionary_encode(versions.column("part")))
     return versions.set_column(2, "missing", pc.fill_null(versions.column("missing"), False))
 

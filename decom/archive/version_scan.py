@@ -23,11 +23,10 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from decom.archive.manifest import VERSION_LIST, MerkleRoot, leaves_of
+from decom.archive.manifest_index import ExpectedIndex
+from decom.archive.manifest_versions import ENTRY_SCHEMA
 
 BLOCK = 1 << 20
-_SCHEMA = pa.schema([("document_id", pa.string()), ("version_id", pa.string()), ("missing", pa.bool_()),
-                     ("size", pa.int64()), ("sha256", pa.string()), ("part", pa.string()), ("chunks", pa.int64())])
-_INDEX = ["part", "document_id", "version_id", "sha256", "size", "chunks"]   # ExpectedIndex.SCHEMA's order
 
 
 @dataclass
@@ -99,7 +98,7 @@ def scan(archive_dir: Path, record: Mapping[str, Any], content_paths: set[str], 
         if record["entries"] == 0:   # an empty file, which Arrow's reader refuses as "an empty stream"
             return Scanned(0, MerkleRoot().hexdigest())
         reader = pj.open_json(path, read_options=pj.ReadOptions(block_size=BLOCK, use_threads=False),
-                              parse_options=pj.ParseOptions(explicit_schema=_SCHEMA,
+                              parse_options=pj.ParseOptions(explicit_schema=ENTRY_SCHEMA,
                                                             unexpected_field_behavior="ignore"))
         listed = pa.array(sorted(content_paths), pa.string())
         root, count, previous = MerkleRoot(), 0, None
@@ -115,7 +114,7 @@ def scan(archive_dir: Path, record: Mapping[str, Any], content_paths: set[str], 
             if batch.num_rows:
                 previous = (documents[-1], versions[-1])
             if keep:
-                scanned.index.append(batch.filter(pc.invert(missing)).select(_INDEX))
+                scanned.index.append(batch.filter(pc.invert(missing)).select(ExpectedIndex.SCHEMA.names))
                 gone = batch.filter(missing)
                 scanned.missing.update(zip(gone.column("document_id").to_pylist(),
                                            gone.column("version_id").to_pylist(), strict=True))
