@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from benchmarks.verify_quick import build as build_many_file_archive
 from decom.archive import verify as verify_module
-from decom.archive.manifest import manifest_head, merkle_root, version_lines, write_signed
+from decom.archive.manifest import manifest_head, merkle_root, version_lines, write_signed, write_version_list
 from decom.archive.verify import verify_archive
 from decom.archive.version_scan import scan
 
@@ -78,13 +78,11 @@ def write_archive(folder: Path, lines: list[bytes]) -> Path:
         (archive / path).write_bytes(path.encode())
         files.append({"seq": seq, "path": path, "kind": "content", "entity": None, "rows": 1,
                       "size": len(path), "sha256": hashlib.sha256(path.encode()).hexdigest()})
-    data = b"".join(line + b"\n" for line in lines)
-    (archive / "versions.jsonl").write_bytes(data)
+    listed = write_version_list(archive, [b"".join(line + b"\n" for line in lines)], len(lines))
     head = manifest_head(archive_id="a" * 32, run_id="r", plan_name="p", plan_sha256="0" * 64,
                          created_at="2026-12-03T00:00:00+00:00", source="test", freeze=None,
                          signer=KEY.public_key(), recipients=[], files=files, counts={})
-    head["version_list"] = {"path": "versions.jsonl", "entries": len(lines), "size": len(data),
-                            "sha256": hashlib.sha256(data).hexdigest()}
+    head["version_list"] = listed
     head["merkle_root"] = "0" * 64   # the root is compared after the list is read: beside the point here
     write_signed(archive, head, KEY)
     return archive
