@@ -187,7 +187,8 @@ SignerFpOpt = Annotated[str | None, typer.Option(
 def verify(
     archive_dir: ArchiveArg,
     full: Annotated[bool, typer.Option("--full", help="Decrypt every page and re-hash every document version "
-                                                      "(needs --key-file).")] = False,
+                                                      "(needs --key-file). Past 262,144 versions its index goes to "
+                                                      "temporary files in TMPDIR, ~100 bytes a version.")] = False,
     key_file: Annotated[Path | None, typer.Option(
         "--key-file", help="A recipient's X25519 private key (PEM): also checks footers and row counts.")] = None,
     signer_key: SignerKeyOpt = None,

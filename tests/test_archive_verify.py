@@ -12,6 +12,7 @@ import hashlib
 import json
 import shutil
 import struct
+import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from benchmarks.verify_quick import build as build_many_file_archive
 from decom import api
 from decom.archive import pme
+from decom.archive.expected_index import ExpectedIndex
 from decom.archive.keys import canonical_json, fingerprint, generate, load_private, load_public
 from decom.archive.manifest import manifest_head, merkle_root, version_lines, write_signed, write_version_list
 from decom.archive.verify import verify_archive
@@ -473,6 +475,42 @@ def test_content_damage_behind_a_valid_signature_is_caught_by_full_only(
                for p in full.problems), full.problems
     assert run_cli(cli_verify(archive, backups, "--full", "--key-file", str(backups.recipient_key))) == 1
     assert f"FAIL {expect.file}: " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", [None, *DEEP])
+def test_full_verification_with_its_index_in_temporary_files_finds_the_same(
+        case: str | None, backups: Backups, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An archive too large for the index in memory (here: more than one version, so one range a part)."""
+    archive = backups.copy(tmp_path / "archive")
+    expect = DEEP[case](archive, backups) if case else None
+    in_memory = verify_archive(archive, signer=backups.signer, private_key=backups.private, full=True)
+    folder = tmp_path / "tmp"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    monkeypatch.setattr(ExpectedIndex, "ROWS_IN_MEMORY", 1)
+    spilled: list[list[str]] = []
+    finish = ExpectedIndex.finish
+
+    def spy(index: ExpectedIndex) -> None:
+        finish(index)
+        spilled.append(sorted(p.name for p in folder.glob("*/*")) if index.spilled else [])
+    monkeypatch.setattr(ExpectedIndex, "finish", spy)
+    in_files = verify_archive(archive, signer=backups.signer, private_key=backups.private, full=True)
+    assert spilled == [["range-0.arrow", "range-1.arrow"]]   # one range for each of the two parts
+    assert list(folder.iterdir()) == []                       # and gone afterwards
+    assert in_files.problems == in_memory.problems and in_files.checked == in_memory.checked
+    assert in_files.ok == (expect is None)
+
+
+def test_full_verification_names_a_temporary_folder_it_cannot_write(
+        backups: Backups, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocked / "tmp"))   # as from TMPDIR; like a full disk
+    monkeypatch.setattr(ExpectedIndex, "ROWS_IN_MEMORY", 1)
+    assert run_cli(cli_verify(backups.newer, backups, "--full", "--key-file", str(backups.recipient_key))) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "temporary index" in err and "TMPDIR" in err, err
 
 
 def test_a_part_missing_a_version_is_named(backups: Backups, tmp_path: Path) -> None:

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from decom.archive.manifest_index import ExpectedIndex, entries, split_versions
-from decom.archive.verify_files import Expected
+from decom.archive.manifest_index import entries, split_versions
 
 V1 = {"document_id": "d1", "version_id": "v1", "sha256": "a" * 64, "size": 3, "chunks": 1,
       "part": "content/part-000001.parquet"}
@@ -56,21 +55,6 @@ def test_json_that_is_not_an_object_is_refused(text: str) -> None:
     json.loads(text)
     with pytest.raises(ValueError):
         split_versions(text)
-
-
-def test_the_index_gives_each_part_its_versions_and_finds_where_a_version_is() -> None:
-    index = ExpectedIndex()
-    rows = [(f"content/part-{i % 3 + 1:06d}.parquet", (f"d{i}", f"v{i}"), Expected(f"{i:064x}", i, 1))
-            for i in range(20_000)]  # more than one flush of its columns
-    for part, key, expected in rows:
-        index.add(part, key, expected)
-    index.finish()
-    for n in (1, 2, 3):
-        part = f"content/part-{n:06d}.parquet"
-        assert index.for_part(part) == {key: expected for p, key, expected in rows if p == part}
-    assert index.for_part("content/part-000004.parquet") == {}
-    assert index.part_of(("d7", "v7")) == "content/part-000002.parquet"
-    assert index.part_of(("d7", "nope")) is None
 
 
 scalars = st.one_of(st.text(max_size=8), st.integers(-10**20, 10**20), st.booleans(), st.none(),

@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from decom.archive.expected_index import ExpectedIndex
 from decom.archive.filehash import sha256_files
 from decom.archive.keys import fingerprint
 from decom.archive.manifest import (
@@ -59,7 +60,7 @@ from decom.archive.manifest import (
     recorded_mismatch,
     signature_problem,
 )
-from decom.archive.manifest_index import ExpectedIndex, split_versions
+from decom.archive.manifest_index import split_versions
 from decom.archive.pme import ArchiveKeyError, open_encrypted
 from decom.archive.verify_files import Expected, check_file, footer_findings, version_name
 from decom.archive.version_list import NOT_JSON, VersionSource, version_source
@@ -136,7 +137,7 @@ class _Verifier:
         self.present: set[str] = set()               # listed paths whose file exists
         self.text = ""                               # manifest.json decoded, until its versions are read
         self.versions_at: int | None = None          # where its versions array starts in `text`
-        self.expected = ExpectedIndex()              # what each content part must hold, as Arrow columns
+        self.expected = ExpectedIndex()              # what each content part must hold (expected_index.py)
         self.missing_versions: set[tuple[str, str]] = set()
         self.version_file: str | None = None         # versions.jsonl (format version 2), once it is known
 
@@ -249,16 +250,20 @@ class _Verifier:
                 self.problem(MANIFEST, str(exc), "manifest")
             return
         self.text = ""  # the source holds it until read: then it goes, before the index is sorted
-        content_paths = {f["path"] for f in self.files if f.get("kind") == "content"}
-        scanned = scan(self.archive, self.manifest["version_list"], content_paths, self.full) \
-            if source.file == VERSION_LIST else None
+        parts = [f["path"] for f in self.files if f.get("kind") == "content"]
+        content_paths = set(parts)
+        # format 2 records how many entries there are (version_source checked it): it sizes the index
+        entries = self.manifest["version_list"]["entries"] if source.file == VERSION_LIST else None
+        self.expected = ExpectedIndex(parts, entries)
+        scanned = scan(self.archive, self.manifest["version_list"], content_paths,
+                       self.expected.add_batch if self.full else None) if source.file == VERSION_LIST else None
         root: str | None
         if scanned is not None:  # the file as recorded, every entry well-formed (version_scan.py)
             count, root, found = scanned.count, scanned.root, []
-            if self.full:
-                self.expected.add_batches(scanned.index)
-                self.missing_versions = scanned.missing
+            self.missing_versions = scanned.missing
         else:
+            self.expected.close()  # what the fast path gave it before it gave up
+            self.expected = ExpectedIndex(parts, entries)
             count, root = self.entries(source, content_paths)
             found = source.findings()
         self.expected.finish()
@@ -448,6 +453,12 @@ class _Verifier:
         self.result.checked["content_bytes"] = content_bytes
 
     def run(self) -> VerifyResult:
+        try:
+            return self.checks()
+        finally:
+            self.expected.close()   # its temporary files, if any
+
+    def checks(self) -> VerifyResult:
         held = [raw] if (raw := self.load()) is not None else []
         del raw
         if held:

@@ -13,7 +13,7 @@ tests/test_version_scan.py compares the two on generated lists.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from decom.archive.expected_index import ExpectedIndex
 from decom.archive.manifest import VERSION_LIST, MerkleRoot, leaves_of
-from decom.archive.manifest_index import ExpectedIndex
 from decom.archive.manifest_versions import ENTRY_SCHEMA
 
 BLOCK = 1 << 20
@@ -31,12 +31,11 @@ BLOCK = 1 << 20
 
 @dataclass
 class Scanned:
-    """A version list every entry of which passed: its count, Merkle root and, when asked for, what
-    a full verification needs (the present versions as index batches, the missing ones' keys)."""
+    """A version list every entry of which passed: its count, Merkle root and, when asked for, the
+    missing versions' keys (a full verification's content checks name them)."""
 
     count: int
     root: str
-    index: list[pa.RecordBatch] = field(default_factory=list)
     missing: set[tuple[str, str]] = field(default_factory=set)
 
 
@@ -87,10 +86,13 @@ def _ordered(batch: pa.RecordBatch, previous: tuple[str, str] | None) -> bool:
     return _all(pc.or_(pc.less(left, right), pc.and_(pc.equal(left, right), later)))
 
 
-def scan(archive_dir: Path, record: Mapping[str, Any], content_paths: set[str], keep: bool) -> Scanned | None:
+def scan(archive_dir: Path, record: Mapping[str, Any], content_paths: set[str],
+         keep: Callable[[pa.RecordBatch], None] | None) -> Scanned | None:
     """Check versions.jsonl against its `version_list` `record` and every entry as verify does; None
     when anything is amiss (the file, a block Arrow will not parse, an entry): then the caller reads
-    it entry by entry to report what. `keep`: also collect what a full verification needs."""
+    it entry by entry to report what. `keep`: given the present versions of each batch as it is read
+    (ExpectedIndex.SCHEMA's columns), for a full verification, which also gets the missing ones' keys;
+    batches given before a None are to be dropped."""
     path = archive_dir / VERSION_LIST
     try:
         if not _file_matches(path, record):
@@ -113,8 +115,8 @@ def scan(archive_dir: Path, record: Mapping[str, Any], content_paths: set[str], 
             root.add_leaves(leaves_of(documents, versions, missing.to_pylist(), hashes))
             if batch.num_rows:
                 previous = (documents[-1], versions[-1])
-            if keep:
-                scanned.index.append(batch.filter(pc.invert(missing)).select(ExpectedIndex.SCHEMA.names))
+            if keep is not None:
+                keep(batch.filter(pc.invert(missing)).select(ExpectedIndex.SCHEMA.names))
                 gone = batch.filter(missing)
                 scanned.missing.update(zip(gone.column("document_id").to_pylist(),
                                            gone.column("version_id").to_pylist(), strict=True))
