@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from decom.archive.verify_files import Expected
 from decom.errors import UserError
+from decom.memory import release_free_memory
 
 Key = tuple[str, str]
 
@@ -206,8 +207,9 @@ class ExpectedIndex:
             if loaded is None:
                 loaded = self._read(number)
                 self._loaded[number] = loaded
-                while len(self._loaded) > 2:
+                if len(self._loaded) > 2:
                     self._loaded.popitem(last=False)
+                    release_free_memory()  # else each range's columns leave holes in the heap
             self._loaded.move_to_end(number)
             return loaded
 

@@ -214,6 +214,8 @@ class _Assembly:
     are consecutive rows. A version whose chunks are not has no digest here (reported as such).
     """
 
+    __slots__ = ("size", "chunks", "closed", "_first", "_first_sha", "_digest", "_broken")  # one a version of a part
+
     def __init__(self) -> None:
         self.size = 0
         self.chunks = 0
