@@ -109,6 +109,7 @@ def _manifest(ctx: StageContext) -> dict[str, Any]:
     parts = [manifest_versions.read_part_versions(ctx.state_dir / out["file"])
              for step, out in steps if step.startswith("content:")]
     versions = manifest_versions.concat_contiguous(parts)
+    release_free_memory()  # the parts' own tables, freed in between what the columns keep
     order = manifest_versions.sort_order(versions)
     signing_key = content.signing_key(ctx)
     head = manifest_head(
