@@ -35,7 +35,7 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _disk_error(path: Path, exc: OSError) -> UserError:
+def disk_error(path: Path, exc: OSError) -> UserError:
     if exc.errno == errno.ENOSPC:
         return UserError(f"disk full while writing {path}; nothing was kept of it; free space and run again")
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -49,7 +49,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _disk_error(path.parent, exc) from None
+        raise disk_error(path.parent, exc) from None
     for stale in path.parent.glob(f".{path.name}{TMP_MARK}*"):
         stale.unlink(missing_ok=True)
     tmp = temp_name(path)
@@ -61,7 +61,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         fsync_dir(path.parent)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise _disk_error(path, exc) from None
+        raise disk_error(path, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -1,14 +1,15 @@
 """The archive's versions held as Arrow columns while versions.jsonl is written, not as a dict per version.
 
 A dict per version costs ~1 KB with its strings. As columns a version takes ~100 bytes: the parts'
-sidecars are parsed by Arrow, sorted by Arrow, and the entries rendered and written a batch at a
-time. The bytes are exactly those write_manifest writes from dicts for the same entries, and the
-Merkle root the same: tests/test_manifest_writer.py compares them.
+sidecars are parsed by Arrow, sorted by Arrow (across parts a window at a time: version_runs.py),
+and the entries rendered and written a batch at a time. The bytes are exactly those
+write_manifest writes from dicts for the same entries, and the Merkle root the same:
+tests/test_manifest_writer.py compares them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any
@@ -41,37 +42,23 @@ def read_part_versions(sidecar: Path) -> pa.Table:
     return versions.set_column(2, "missing", pc.fill_null(versions.column("missing"), False))
 
 
-def concat_contiguous(tables: list[pa.Table]) -> pa.Table:
-    """The tables (of SCHEMA) as one, each column in one chunk (taking rows in sorted order from 20
-    chunks concatenated them again for every batch). Made a column at a time, letting each column's
-    chunks go as soon as it is copied, and emptying `tables`: combine_chunks of the whole table held
-    every version twice (~130 MB more at 1,000,000 versions, the backup's peak)."""
-    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
-    tables.clear()
-    columns = []
-    for name in SCHEMA.names:
-        columns.append(table.column(name).combine_chunks())
-        table = table.drop_columns([name])
-    return pa.Table.from_arrays(columns, schema=SCHEMA)
-
-
 def sort_order(versions: pa.Table) -> pa.Array:
     """Row order by (document_id, version_id), compared by code point (UTF-8 bytes sort the same)."""
     return pc.sort_indices(versions, sort_keys=[("document_id", "ascending"), ("version_id", "ascending")])
 
 
-def _columns(versions: pa.Table, order: pa.Array, names: list[str]) -> Iterator[list[list[Any]]]:
-    """The named columns in `order`, as Python lists, a batch of rows at a time."""
+def _columns(versions: pa.Table, order: pa.Array | None, names: list[str]) -> Iterator[list[list[Any]]]:
+    """The named columns in `order` (None: as they are), as Python lists, a batch of rows at a time."""
     selected = versions.select(names)
-    for start in range(0, len(order), BATCH):
-        batch = selected.take(order[start:start + BATCH])
+    for start in range(0, versions.num_rows, BATCH):
+        batch = selected.slice(start, BATCH) if order is None else selected.take(order[start:start + BATCH])
         yield [batch.column(name).to_pylist() for name in names]
 
 
-def lines(versions: pa.Table, order: pa.Array, root: MerkleRoot) -> Iterator[bytes]:
-    """versions.jsonl's bytes, a batch of entries at a time, in `order`: each entry's canonical JSON
-    (keys in code point order, strings escaped as json.dumps does with ensure_ascii=False) and "\\n".
-    Each entry's Merkle leaf is added to `root` as its batch is rendered."""
+def lines(versions: pa.Table, order: pa.Array | None, root: MerkleRoot) -> Iterator[bytes]:
+    """versions.jsonl's bytes, a batch of entries at a time, in `order` (None: already in order): each
+    entry's canonical JSON (keys in code point order, strings escaped as json.dumps does with
+    ensure_ascii=False) and "\\n". Each entry's Merkle leaf is added to `root` as its batch is rendered."""
     text = encode_basestring
     for d_ids, v_ids, missing, sizes, hashes, parts, chunks in _columns(versions, order, SCHEMA.names):
         root.add_leaves(leaves_of(d_ids, v_ids, missing, hashes))
@@ -83,8 +70,9 @@ def lines(versions: pa.Table, order: pa.Array, root: MerkleRoot) -> Iterator[byt
         ).encode()
 
 
-def write(archive_dir: Path, versions: pa.Table, order: pa.Array) -> tuple[dict[str, Any], str]:
-    """Write versions.jsonl for `versions` in `order`: (its version_list record, the Merkle root)."""
+def write(archive_dir: Path, tables: Iterable[pa.Table], count: int) -> tuple[dict[str, Any], str]:
+    """Write versions.jsonl from `tables` already in order and together holding `count` versions (as
+    SortedRuns.windows gives them): (its version_list record, the Merkle root)."""
     root = MerkleRoot()
-    record = write_version_list(archive_dir, lines(versions, order, root), len(order))
+    record = write_version_list(archive_dir, (block for table in tables for block in lines(table, None, root)), count)
     return record, root.hexdigest()

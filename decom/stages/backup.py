@@ -93,11 +93,12 @@ def _snapshot(ctx: StageContext) -> dict[str, Any]:
 def _manifest(ctx: StageContext) -> dict[str, Any]:
     from decom.archive import manifest_versions
     from decom.archive.manifest import manifest_head, write_signed
+    from decom.archive.version_runs import SortedRuns
     from decom.memory import release_free_memory
 
     for done_with in ("parts", "inventory_hashes"):  # the content parts' lookups: ~100 bytes a version
         ctx.cache.pop(done_with, None)
-    release_free_memory()  # what the content pipeline held, before every version is loaded
+    release_free_memory()  # what the content pipeline held
 
     opened = ctx.outputs["open"]
     archive = _archive_dir(ctx)
@@ -106,11 +107,6 @@ def _manifest(ctx: StageContext) -> dict[str, Any]:
               "rows": out["rows"], "size": out["size"], "sha256": out["sha256"]}
              for seq, (_, out) in enumerate(steps, start=1)]
     content.remove_untracked(archive, {f["path"] for f in files})
-    parts = [manifest_versions.read_part_versions(ctx.state_dir / out["file"])
-             for step, out in steps if step.startswith("content:")]
-    versions = manifest_versions.concat_contiguous(parts)
-    release_free_memory()  # the parts' own tables, freed in between what the columns keep
-    order = manifest_versions.sort_order(versions)
     signing_key = content.signing_key(ctx)
     head = manifest_head(
         archive_id=opened["archive_id"], run_id=ctx.run_id, plan_name=ctx.plan.spec.plan.name,
@@ -118,14 +114,20 @@ def _manifest(ctx: StageContext) -> dict[str, Any]:
         source=ctx.plan.source_url_redacted(), freeze=content.freeze_point(ctx), signer=signing_key.public_key(),
         recipients=opened["recipients"], files=files,
         counts={out["entity"]: out["rows"] for step, out in steps if step.startswith("data:")})
-    head["version_list"], head["merkle_root"] = manifest_versions.write(archive, versions, order)
+    runs = SortedRuns(ctx.stage_dir / "manifest-runs")  # each part sorted alone, then merged (version_runs.py)
+    try:
+        for step, out in steps:
+            if step.startswith("content:"):
+                runs.add(manifest_versions.read_part_versions(ctx.state_dir / out["file"]))
+        head["version_list"], head["merkle_root"] = manifest_versions.write(archive, runs.windows(), runs.count)
+    finally:
+        runs.close()
     digest = write_signed(archive, head, signing_key)  # after versions.jsonl is durable: it signs its hash
     record = ctx.stage_dir / "archive.json"
     summary = {"archive_id": opened["archive_id"], "archive_dir": str(archive), "manifest_sha256": digest,
                "merkle_root": head["merkle_root"], "signer": head["signer"]["fingerprint"],
                "signer_public_key_pem": head["signer"]["public_key_pem"], "files": len(files),
-               "versions": versions.num_rows, "missing": pc.sum(versions.column("missing")).as_py() or 0,
-               "bytes": sum(f["size"] for f in files)}
+               "versions": runs.count, "missing": runs.missing, "bytes": sum(f["size"] for f in files)}
     write_json(record, summary, lambda: ctx.crashpoint("inside"))
     return {"file": str(record.relative_to(ctx.state_dir)), **summary}
 
