@@ -9,7 +9,6 @@ done: a crash costs at most one file's work.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from array import array
 from collections.abc import Iterator
@@ -20,10 +19,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from decom.engine import StageContext, StagePlan, Step
 from decom.errors import UserError
-from decom.fileio import write_json, write_table
+from decom.fileio import atomic_path, file_sha256, write_json
 from decom.stages import backup_content as content
 
 
@@ -70,24 +70,38 @@ PART_VERSIONS = 50_000  # a part's step holds ~1 KB a version: tiny versions mus
 
 def _snapshot(ctx: StageContext) -> dict[str, Any]:
     """Freeze the list of versions and their split into parts (at most part_mb of recorded content
-    and PART_VERSIONS versions each), so a resumed run cuts the same parts."""
+    and PART_VERSIONS versions each), so a resumed run cuts the same parts. Read and written a batch
+    at a time, each part its own row group (what part_rows reads), so that nothing is held per version."""
     limit = ctx.stage_spec.part_mb << 20
     listed = pa.schema(list(PARTS_SCHEMA)[:-1])
-    versions = pa.Table.from_batches([batch.select(listed.names).cast(listed)
-                                      for batch in ctx.adapter.read("versions")], schema=listed)
-    numbers = array("i")
-    part, size_in_part, count_in_part = 1, 0, 0
-    for size in pc.fill_null(versions.column("size_bytes"), 0).to_pylist():
-        if count_in_part and (size_in_part + size > limit or count_in_part >= PART_VERSIONS):
-            part, size_in_part, count_in_part = part + 1, 0, 0
-        size_in_part += size
-        count_in_part += 1
-        numbers.append(part)
-    rows = versions.append_column(PARTS_SCHEMA.field("part"), pa.array(numbers, pa.int32()))
     path = ctx.stage_dir / "parts.parquet"
-    write_table(path, rows, lambda: ctx.crashpoint("inside"))
-    return {"file": str(path.relative_to(ctx.state_dir)), "versions": rows.num_rows,
-            "parts": part if rows.num_rows else 0, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    part, size_in_part, count_in_part, count, total = 1, 0, 0, 0, 0
+    current: list[pa.RecordBatch] = []   # the rows of `part` so far
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, PARTS_SCHEMA, compression="zstd") as writer:
+        for batch in ctx.adapter.read("versions"):
+            batch = batch.select(listed.names).cast(listed)
+            numbers, first = array("i"), 0
+            for row, size in enumerate(pc.fill_null(batch.column("size_bytes"), 0).to_pylist()):
+                if count_in_part and (size_in_part + size > limit or count_in_part >= PART_VERSIONS):
+                    current.append(_numbered(batch.slice(first, row - first), numbers))
+                    writer.write_table(pa.Table.from_batches(current, PARTS_SCHEMA), row_group_size=count_in_part)
+                    part, size_in_part, count_in_part, current, numbers, first = part + 1, 0, 0, [], array("i"), row
+                size_in_part += size
+                count_in_part += 1
+                total += size
+                numbers.append(part)
+            current.append(_numbered(batch.slice(first), numbers))
+            count += batch.num_rows
+        if count_in_part:
+            writer.write_table(pa.Table.from_batches(current, PARTS_SCHEMA), row_group_size=count_in_part)
+        writer.close()
+        ctx.crashpoint("inside")
+    return {"file": str(path.relative_to(ctx.state_dir)), "versions": count, "parts": part if count else 0,
+            "bytes": total, "sha256": file_sha256(path)}
+
+
+def _numbered(rows: pa.RecordBatch, numbers: array[int]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([*rows.columns, pa.array(numbers, pa.int32())], schema=PARTS_SCHEMA)
 
 
 def _manifest(ctx: StageContext) -> dict[str, Any]:
@@ -168,7 +182,8 @@ def run(ctx: StageContext) -> Iterator[Step]:
         yield Step(f"data:{entity}", f"write {entity} to data/{entity}.parquet (encrypted)",
                    partial(_entity, entity=entity), {"entity": entity})
     if "versions" in entities:
-        total = int(pc.sum(content.parts_table(ctx).column("size_bytes")).as_py() or 0)
+        total = ctx.outputs["parts"].get("bytes")   # a snapshot from before it was recorded: summed here
+        total = int(pc.sum(content.parts_table(ctx).column("size_bytes")).as_py() or 0) if total is None else total
         with ctx.progress.bar(total, "backing up content", unit="B") as bar:
             ctx.cache["bar"] = bar
             for number in range(1, ctx.outputs["parts"]["parts"] + 1):

@@ -108,8 +108,9 @@ class ChangedAfterFreeze:
 
 # --- content parts ---------------------------------------------------------------------------------
 
-def inventory_hashes(ctx: StageContext) -> pa.ChunkedArray:
-    """The inventory's SHA-256 of each version in the parts table, row by row (null where it has none).
+def inventory_hashes(ctx: StageContext) -> pa.ChunkedArray | None:
+    """The inventory's SHA-256 of each version in the parts table, row by row (null where it has
+    none); None when no inventory of the plan hashed content (then nothing is held per version).
 
     Computed once per stage as one Arrow column beside the parts table: ~70 bytes a version, where a
     dict of version id to hash took ~200 (200 MB at 1,000,000 versions, held through every part).
@@ -123,9 +124,9 @@ def inventory_hashes(ctx: StageContext) -> pa.ChunkedArray:
             if stage.kind == "inventory" and folder.is_dir():
                 tables += [pq.read_table(part, columns=["version_id", "sha256"])
                            for part in sorted(folder.glob("part-*.parquet"))]
-        ids = parts_table(ctx).column("version_id")
-        hashes = pa.chunked_array([pa.nulls(len(ids), pa.string())])
+        hashes = None
         if tables:
+            ids = parts_table(ctx).column("version_id")
             inventory = pa.concat_tables(tables)
             sha = inventory.column("sha256").cast(pa.string())
             inventory = inventory.filter(pc.and_(pc.is_valid(sha), pc.not_equal(sha, "")))
@@ -133,16 +134,19 @@ def inventory_hashes(ctx: StageContext) -> pa.ChunkedArray:
             found = pc.index_in(ids, value_set=inventory.column("version_id").cast(pa.string()).combine_chunks())
             hashes = inventory.column("sha256").cast(pa.string()).take(found)
         ctx.cache["inventory_hashes"] = hashes
-    cached: pa.ChunkedArray = ctx.cache["inventory_hashes"]
+    cached: pa.ChunkedArray | None = ctx.cache["inventory_hashes"]
     return cached
 
 
 def _changed_since_inventory(ctx: StageContext, number: int, versions: list[dict[str, Any]]) -> list[str]:
     """Versions of part `number` whose SHA-256 differs from the one the inventory recorded."""
+    hashes = inventory_hashes(ctx)
+    if hashes is None:
+        return []
     parts = parts_table(ctx)
     mine = pc.equal(parts.column("part"), number)
     recorded = {v: h for v, h in zip(parts.column("version_id").filter(mine).to_pylist(),
-                                     inventory_hashes(ctx).filter(mine).to_pylist(), strict=True) if h}
+                                     hashes.filter(mine).to_pylist(), strict=True) if h}
     return [v["version_id"] for v in versions
             if v.get("sha256") and recorded.get(v["version_id"], v["sha256"]) != v["sha256"]]
 
@@ -289,17 +293,34 @@ def _read_small(row: Mapping[str, Any], stream: BinaryIO) -> tuple[bytes | None,
 
 
 def parts_table(ctx: StageContext) -> pa.Table:
-    """The parts snapshot (every version, its size and its part), read once per stage."""
+    """The whole parts snapshot (every version, its size and its part), read once per stage: only
+    for comparing with an inventory's hashes (~100 bytes a version)."""
     if "parts" not in ctx.cache:
         ctx.cache["parts"] = pq.read_table(ctx.state_dir / ctx.outputs["parts"]["file"])
     parts: pa.Table = ctx.cache["parts"]
     return parts
 
 
+def part_rows(ctx: StageContext, number: int) -> pa.Table:
+    """Part `number`'s rows of the snapshot: its own row group, found by the row groups' statistics,
+    without reading the others."""
+    if "parts" in ctx.cache:
+        parts = parts_table(ctx)
+    else:
+        snapshot = pq.ParquetFile(ctx.state_dir / ctx.outputs["parts"]["file"])
+        column = snapshot.schema_arrow.get_field_index("part")
+        groups = []
+        for group in range(snapshot.num_row_groups):
+            stats = snapshot.metadata.row_group(group).column(column).statistics
+            if stats is None or not stats.has_min_max or stats.min <= number <= stats.max:
+                groups.append(group)
+        parts = snapshot.read_row_groups(groups)
+    return parts.filter(pc.equal(parts.column("part"), number))
+
+
 def _read_part(ctx: StageContext, number: int, ahead: int = PREFETCH) -> ReadAhead[Piece]:
     """Start reading part `number` on its own threads (also used to read the next part early)."""
-    parts = parts_table(ctx)
-    rows = parts.filter(pc.equal(parts.column("part"), number)).to_pylist()
+    rows = part_rows(ctx, number).to_pylist()
     reader = read_ahead(_pieces(ctx, rows, f"content/part-{number:06d}.parquet"), ahead, "content-reader")
     ctx.on_close.append(reader.close)  # a run that stops between parts leaves no reader behind
     return reader
