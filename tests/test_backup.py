@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import decom_cmd
 
@@ -366,6 +367,11 @@ def test_parts_and_row_groups_are_bounded_by_versions_as_well_as_bytes(demo, tmp
     manifest, _ = read_manifest(archive)
     parts = [f for f in manifest["files"] if f["kind"] == "content"]
     assert len(parts) == -(-facts.versions // 40)
+    # each part is its own row group of the snapshot: a content step reads its part alone
+    (snapshot_file,) = tmp_path.glob("*.state/stages/*/parts.parquet")
+    snapshot = pq.ParquetFile(snapshot_file)
+    assert [set(snapshot.read_row_group(i, columns=["part"]).column(0).to_pylist())
+            for i in range(snapshot.num_row_groups)] == [{n} for n in range(1, len(parts) + 1)]
     per_part: dict[str, int] = {}
     for v in archive_versions(archive):
         if not v.get("missing"):
