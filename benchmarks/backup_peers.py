@@ -256,25 +256,29 @@ def libpq_url(url: str) -> str:
     return sa.engine.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+def fill_rows(conn: psycopg.Connection[Any], first: int, last: int, kib: int, batch: int = 2000) -> None:
+    """Documents `first`..`last` (one version of `kib` KiB of random bytes each) into the tables of
+    SCHEMA_SQL, then hint bits set, frozen and flushed, so that no timed reader pays for it."""
+    conn.execute("CREATE EXTENSION IF NOT EXISTS pgcrypto")
+    for lo in range(first, last + 1, batch):
+        hi = min(last, lo + batch - 1)
+        with conn.transaction():
+            for statement in FILL_SQL:
+                conn.execute(statement, {"lo": lo, "hi": hi, "size": kib * 1024, "piece": 1024, "pieces": kib})
+    conn.execute("DROP EXTENSION pgcrypto")  # not part of the legacy system: keep it out of the dumps
+    conn.execute("VACUUM (FREEZE, ANALYZE)")
+    conn.execute("CHECKPOINT")
+
+
 def build_source(conninfo: str, documents: int, kib: int, content: Path, timeout: float,
                  maria: dict[str, Any] | None) -> None:
     """Fill the scratch database server-side, then write the same bytes to files (and MariaDB)."""
     size = kib * 1024
-    batch = 2000
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute(f"SET statement_timeout = '{int(timeout)}s'")
         for statement in SCHEMA_SQL:
             conn.execute(statement)
-        for lo in range(1, documents + 1, batch):
-            hi = min(documents, lo + batch - 1)
-            with conn.transaction():
-                for statement in FILL_SQL:
-                    conn.execute(statement, {"lo": lo, "hi": hi, "size": size, "piece": 1024,
-                                             "pieces": kib})
-        conn.execute("DROP EXTENSION pgcrypto")  # not part of the legacy system: keep it out of the dumps
-        # Set hint bits and freeze now, and flush everything, so that no timed reader pays for it.
-        conn.execute("VACUUM (FREEZE, ANALYZE)")
-        conn.execute("CHECKPOINT")
+        fill_rows(conn, 1, documents, kib)
         maria_conn = None
         if maria is not None:
             import pymysql
