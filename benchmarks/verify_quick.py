@@ -72,7 +72,8 @@ def main() -> None:
         listing = work / "files.txt"
         listing.write_text("\n".join(files) + "\n", encoding="utf-8")
         baseline = ["sh", "-c", f"xargs -a {listing} sha256sum > /dev/null"]
-        results: dict[str, list[float]] = {"sha256sum of the same files (baseline)": [], "decom verify (quick), whole command": []}
+        results: dict[str, list[float]] = {"sha256sum of the same files (baseline)": [],
+                                           "decom verify (quick), whole command": []}
         for _ in range(args.repeat):  # side by side, alternating
             results["sha256sum of the same files (baseline)"].append(timed(baseline, archive))
             results["decom verify (quick), whole command"].append(timed(decom, work))
