@@ -251,6 +251,16 @@ def size_of(path: Path) -> int:
 
 # --- the source --------------------------------------------------------------------------------
 
+def remove_scratch(admin: str, name: str, work: Path, keep: bool) -> None:
+    """Drop the scratch PostgreSQL database and the work folder, or with `keep` say where they are."""
+    if keep:
+        print(f"kept: database {name}, work folder {work}")
+        return
+    shutil.rmtree(work, ignore_errors=True)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def libpq_url(url: str) -> str:
     """A SQLAlchemy URL as a libpq connection string (psycopg, pg_dump, psql)."""
     return sa.engine.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -898,16 +908,11 @@ def main() -> None:
         signal.alarm(0)
         for child in list(_running.values()):
             _kill_group(child)
-        if args.keep:
-            print(f"kept: database {name}, work folder {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            if maria_admin is not None:
-                import pymysql
-                with pymysql.connect(**maria_admin) as mconn, mconn.cursor() as cur:
-                    cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        remove_scratch(admin, name, work, args.keep)
+        if not args.keep and maria_admin is not None:
+            import pymysql
+            with pymysql.connect(**maria_admin) as mconn, mconn.cursor() as cur:
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
     sys.exit(1 if failed else 0)
 
 

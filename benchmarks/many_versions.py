@@ -34,6 +34,7 @@ from benchmarks.backup_peers import (
     fill_rows,
     helper,
     libpq_url,
+    remove_scratch,
     timed,
     write_plan,
 )
@@ -101,12 +102,7 @@ def main() -> None:
         print(f"FAILED: {exc}")
         failed = True
     finally:
-        if args.keep:
-            print(f"kept: database {name}, work folder {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        remove_scratch(admin, name, work, args.keep)
     if failed:
         sys.exit(1)
     (small, base), (large, big) = results
