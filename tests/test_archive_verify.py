@@ -511,6 +511,7 @@ def test_full_verification_names_a_temporary_folder_it_cannot_write(
     assert run_cli(cli_verify(backups.newer, backups, "--full", "--key-file", str(backups.recipient_key))) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "temporary index" in err and "TMPDIR" in err, err
+    assert run_cli(cli_verify(backups.newer, backups)) == 0   # a quick verification keeps no index: no folder
 
 
 def test_a_part_missing_a_version_is_named(backups: Backups, tmp_path: Path) -> None:

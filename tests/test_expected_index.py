@@ -76,7 +76,7 @@ def test_two_threads_checking_parts_in_order_get_the_right_versions(temp_folder:
 
 def test_an_index_given_up_before_it_is_finished_leaves_no_files(temp_folder: Path) -> None:
     index = ExpectedIndex(PARTS, 4 * ExpectedIndex.ROWS_IN_MEMORY)
-    for part, key, expected in ROWS:
+    for part, key, expected in ROWS * 3:   # enough for a range to be written before finish()
         index.add(part, key, expected)
     assert list(temp_folder.iterdir())
     index.close()
@@ -88,7 +88,14 @@ def test_a_temporary_folder_that_cannot_be_written_is_one_clear_error(tmp_path: 
     blocked = tmp_path / "a-file"
     blocked.write_text("not a folder")
     monkeypatch.setattr(tempfile, "tempdir", str(blocked / "tmp"))
+    index = ExpectedIndex(PARTS, 4 * ExpectedIndex.ROWS_IN_MEMORY)
     with pytest.raises(UserError, match=r"cannot write the full verification's temporary index in .*a-file/tmp: "
                                         r".*TMPDIR"):
-        ExpectedIndex(PARTS, 4 * ExpectedIndex.ROWS_IN_MEMORY)
-    ExpectedIndex(PARTS, 1000).close()   # a small index needs no folder
+        for part, key, expected in ROWS:
+            index.add(part, key, expected)
+        index.finish()
+    index.close()
+    ExpectedIndex(PARTS, 4 * ExpectedIndex.ROWS_IN_MEMORY).close()   # none made while no version is added
+    small = built(1000)   # a small index needs no folder
+    assert small.for_part(PARTS[0]) == by_part(ROWS, PARTS[0])
+    small.close()

@@ -22,7 +22,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -36,10 +36,11 @@ Key = tuple[str, str]
 
 
 class _Range:
-    """One range of parts: rows waiting to be written, and the file they go to (None: in memory)."""
+    """One range of parts: rows waiting to be written, and the file they go to once there are any."""
 
-    def __init__(self, file: str | None) -> None:
-        self.file = file
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.file = ""
         self.pending: list[pa.RecordBatch] = []
         self.rows = 0
         self.writer: pa.ipc.RecordBatchFileWriter | None = None   # open while the list is read
@@ -89,22 +90,20 @@ class ExpectedIndex:
         self._parts = pa.array(parts, pa.string())
         self._per_range = per_range
         count = max(1, math.ceil(len(parts) / per_range))
-        self._folder: tempfile.TemporaryDirectory[str] | None = None
-        if count > 1:
-            self._folder = self._guard(lambda: tempfile.TemporaryDirectory(prefix="decom-verify-index-"))
-        self._ranges = [_Range(os.path.join(self._folder.name, f"range-{n}.arrow") if self._folder else None)
-                        for n in range(count)]
+        self._folder: tempfile.TemporaryDirectory[str] | None = None   # made on the first write
+        self._ranges = [_Range(n) for n in range(count)]
         self._loaded: OrderedDict[int, _Loaded] = OrderedDict()
         self._lock = threading.Lock()
 
     @property
     def spilled(self) -> bool:
-        """Whether the ranges are kept in temporary files (more than one range)."""
-        return self._folder is not None
+        """Whether the ranges go to temporary files (more than one range); nothing is written until
+        versions are added, so a quick verification, which adds none, makes no folder."""
+        return len(self._ranges) > 1
 
-    def _guard(self, write: Any) -> Any:
+    def _guard(self, write: Callable[[], None]) -> None:
         try:
-            return write()
+            write()
         except OSError as exc:
             folder = self._folder.name if self._folder else tempfile.gettempdir()
             raise UserError(f"cannot write the full verification's temporary index in {folder}: "
@@ -154,7 +153,10 @@ class ExpectedIndex:
 
     def _write(self, spill: _Range) -> None:
         def write() -> None:
+            if self._folder is None:
+                self._folder = tempfile.TemporaryDirectory(prefix="decom-verify-index-")
             if spill.writer is None:
+                spill.file = os.path.join(self._folder.name, f"range-{spill.number}.arrow")
                 spill.writer, spill.written = pa.ipc.new_file(spill.file, self.SCHEMA), True
             spill.writer.write_table(pa.Table.from_batches(spill.pending, self.SCHEMA).combine_chunks())
         self._guard(write)
