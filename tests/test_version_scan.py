@@ -106,6 +106,8 @@ def test_the_fast_way_accepts_only_what_the_entry_by_entry_reading_accepts(
     record = json.loads((archive / "manifest.json").read_bytes())["version_list"]
     kept: list[Any] = []
     fast = scan(archive, record, set(PARTS), keep=kept.append)
+    for_restore = scan(archive, record, set(PARTS), keep=[].append, merkle=False)   # restore's way: no root
+    assert (for_restore is None) == (fast is None), "without the Merkle root the same list must pass or fail"
     slow = entry_by_entry(archive, monkeypatch)
     event("the fast way vouched" if fast is not None else "the fast way gave up")
     if fast is not None:
@@ -115,6 +117,8 @@ def test_the_fast_way_accepts_only_what_the_entry_by_entry_reading_accepts(
         assert fast.root == merkle_root(entries)
         assert fast.missing == {(v["document_id"], v["version_id"]) for v in entries if v.get("missing")}
         assert sum(batch.num_rows for batch in kept) == len(entries) - len(fast.missing)
+        assert for_restore is not None and (for_restore.count, for_restore.missing, for_restore.root) == \
+            (fast.count, fast.missing, "")
     assert problems(verify_archive(archive, signer=KEY.public_key())) == problems(slow)
 
 
@@ -206,3 +210,4 @@ def test_a_list_of_many_blocks_takes_the_fast_way_and_order_is_checked_across_bl
     (archive / "versions.jsonl").write_bytes(data)
     swapped = {**record, "sha256": hashlib.sha256(data).hexdigest()}   # as a writer that got it wrong signs it
     assert scan(archive, swapped, parts, keep=None) is None
+    assert scan(archive, swapped, parts, keep=None, merkle=False) is None   # restore's way checks order too
