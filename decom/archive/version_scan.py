@@ -102,7 +102,7 @@ def scan(archive_dir: Path, record: Mapping[str, Any], content_paths: set[str],
             return None
         if record["entries"] == 0:   # an empty file, which Arrow's reader refuses as "an empty stream"
             return Scanned(0, MerkleRoot().hexdigest() if merkle else "")
-        reader = pj.open_json(path, read_options=pj.ReadOptions(block_size=BLOCK, use_threads=False),
+        reader = pj.open_json(path, read_options=pj.ReadOptions(block_size=BLOCK, use_threads=True),
                               parse_options=pj.ParseOptions(explicit_schema=ENTRY_SCHEMA,
                                                             unexpected_field_behavior="ignore"))
         listed = pa.array(sorted(content_paths), pa.string())
