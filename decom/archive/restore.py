@@ -196,7 +196,7 @@ def _choose(archive: _Archive, document_ids: list[str], case_ids: list[str], eve
 
 def _scanned(archive: _Archive, wanted: set[str] | None) -> tuple[list[Chosen], set[str]] | None:
     """(the present versions of the `wanted` documents, or all when None; the wanted documents the list
-    names) by Arrow's reader with verify's checks of every entry but the Merkle root (version_scan.py):
+    names, none when None) by Arrow's reader with verify's checks of every entry but the Merkle root (version_scan.py):
     at 1,000,000 versions ~1 s where entry by entry took ~3.5 s. None when that reader gives up, or
     the archive has no versions.jsonl."""
     record = archive.manifest.get("version_list")
@@ -217,8 +217,9 @@ def _scanned(archive: _Archive, wanted: set[str] | None) -> tuple[list[Chosen], 
     scanned = scan(archive.dir, record, content, keep, merkle=False)
     if scanned is None:
         return None
-    known = {c[0] for c in chosen} | {d for d, _ in scanned.missing if wanted is None or d in wanted}
-    return chosen, known
+    if wanted is None:  # everything: no document was asked for by name (and --all holds no set of them all)
+        return chosen, set()
+    return chosen, {c[0] for c in chosen} | {d for d, _ in scanned.missing if d in wanted}
 
 
 def _read_one_by_one(archive: _Archive, wanted: set[str] | None) -> tuple[list[Chosen], set[str]]:
@@ -228,10 +229,12 @@ def _read_one_by_one(archive: _Archive, wanted: set[str] | None) -> tuple[list[C
     known: set[str] = set()
     chosen = []
     for version in archive.versions():
-        if wanted is None or version.get("document_id") in wanted:
+        if wanted is not None:
+            if version.get("document_id") not in wanted:
+                continue
             known.add(version["document_id"])
-            if not version.get("missing"):
-                chosen.append(_chosen(version, parts))
+        if not version.get("missing"):
+            chosen.append(_chosen(version, parts))
     return chosen, known
 
 
