@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from decom.archive.keys import fingerprint
 from decom.archive.manifest import (
     FORMAT,
-    FORMAT_VERSION,
     MANIFEST,
     SIGNATURE,
+    VERSION_LIST,
     manifest_bytes,
     not_a_manifest,
     signature_problem,
@@ -37,7 +37,7 @@ from decom.archive.manifest import (
 from decom.archive.manifest_index import split_versions
 from decom.archive.pme import ArchiveKeyError, open_encrypted, read_all
 from decom.archive.verify import check_signer
-from decom.archive.version_list import checked_entries, record_problem
+from decom.archive.version_list import checked_entries, version_source
 from decom.archive.version_scan import scan
 from decom.errors import ArchiveIntegrityError, UserError
 from decom.fileio import fsync_dir
@@ -199,10 +199,11 @@ def _scanned(archive: _Archive, wanted: set[str] | None) -> tuple[list[Chosen], 
     names, none when None) by Arrow's reader with verify's checks of every entry but the Merkle root (version_scan.py):
     at 1,000,000 versions ~1 s where entry by entry took ~3.5 s. None when that reader gives up, or
     the archive has no versions.jsonl."""
-    record = archive.manifest.get("version_list")
-    if archive.manifest.get("format_version") != FORMAT_VERSION or record_problem(record) is not None \
-            or not isinstance(record, dict):
-        return None
+    try:  # verify's own test of which list an archive has: versions.jsonl with a usable record, or not
+        if version_source(archive.dir, archive.manifest).file != VERSION_LIST:
+            return None
+    except ValueError:
+        return None   # the entry-by-entry reader reports it
     parts: dict[str, str] = {}
     chosen: list[Chosen] = []
 
@@ -214,7 +215,7 @@ def _scanned(archive: _Archive, wanted: set[str] | None) -> tuple[list[Chosen], 
         chosen.extend((d, v, h, z, c, parts.setdefault(p, p)) for d, v, h, z, c, p in zip(*columns, strict=True))
 
     content = {path for path, entry in archive.files.items() if entry.get("kind") == "content"}
-    scanned = scan(archive.dir, record, content, keep, merkle=False)
+    scanned = scan(archive.dir, archive.manifest["version_list"], content, keep, merkle=False)
     if scanned is None:
         return None
     if wanted is None:  # everything: no document was asked for by name (and --all holds no set of them all)
